@@ -1,0 +1,35 @@
+# `make run` and `make test` set up the virtualenv they need, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# Rules call `python -m a2d`: put the virtualenv first on PATH for them.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test venv dry-run clean
+
+run: $(STAMP)
+	snakemake --profile workflow/profiles/local
+
+test: $(STAMP)
+	python -m pytest -q
+
+dry-run: $(STAMP)
+	snakemake --profile workflow/profiles/local --dry-run
+
+venv: $(STAMP)
+
+# Order matters: torch first (pinned, so pip takes the CPU wheel where one is cached locally and
+# never resolves an unpinned CUDA build), then the pinned requirements, then deepspeed without
+# build isolation so that it builds against this torch.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pip==25.3
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8 -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .snakemake

@@ -1,0 +1,3 @@
+from a2d.cli import main
+
+main()

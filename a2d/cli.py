@@ -1,0 +1,150 @@
+"""`python -m a2d <command>`: one command per pipeline step; each Snakemake rule calls one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from a2d.files import InputError
+
+
+def cmd_synthesize(args):
+    from a2d.files import write_lines
+    from a2d.synthetic import generate_splits
+
+    splits = generate_splits(args.seed, {"train": args.train, "valid": args.valid, "test": args.test})
+    for name, pairs in splits.items():
+        write_lines(Path(args.out_dir) / f"{name}.src", [s for s, _ in pairs])
+        write_lines(Path(args.out_dir) / f"{name}.tgt", [t for _, t in pairs])
+
+
+def cmd_train_spm(args):
+    from a2d.data import train_sentencepiece
+
+    train_sentencepiece(args.input, args.model, args.vocab_size, args.model_type, args.seed, args.threads)
+
+
+def cmd_encode(args):
+    from a2d.data import encode_corpus
+
+    n = encode_corpus(args.spm, args.src, args.tgt, args.output)
+    print(f"encoded {n} sentence pairs into {args.output}", file=sys.stderr)
+
+
+def cmd_train(args):
+    from a2d.config import SystemSpec
+    from a2d.train import train
+
+    train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
+          spm_path=args.spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
+          teacher_path=args.teacher, threads=args.threads, progress_bar=not args.no_progress)
+
+
+def cmd_translate(args):
+    import torch
+
+    from a2d.checkpoint import load_model
+    from a2d.data import encode_lines, load_sentencepiece
+    from a2d.files import read_lines, write_lines
+    from a2d.search import SearchConfig, translate
+
+    torch.set_num_threads(args.threads)
+    model, sp = load_model(args.model), load_sentencepiece(args.spm)
+    sources = [torch.tensor(ids) for ids in encode_lines(sp, read_lines(args.input))]
+    cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size)
+    write_lines(args.output, [sp.decode(hyp) for hyp in translate(model, sources, cfg)])
+
+
+def cmd_evaluate(args):
+    from a2d.evaluate import score_files
+    from a2d.files import write_json
+
+    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref)}
+    write_json(args.output, result)
+    print(result["bleu_detail"], file=sys.stderr)
+
+
+def cmd_tables(args):
+    from a2d.tables import write_tables
+
+    write_tables(args.metrics, args.summaries, args.markdown, args.csv)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m a2d", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synthesize", help="write the seeded synthetic language pair (train/valid/test)")
+    s.add_argument("--seed", type=int, required=True)
+    for split in ("train", "valid", "test"):
+        s.add_argument(f"--{split}", type=int, required=True, help=f"sentence pairs in {split}")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(run=cmd_synthesize)
+
+    s = sub.add_parser("train-spm", help="train a joint SentencePiece model")
+    s.add_argument("--input", nargs="+", required=True, help="text files, one sentence per line")
+    s.add_argument("--model", required=True, help="output .model path (a .vocab is written beside it)")
+    s.add_argument("--vocab-size", type=int, required=True)
+    s.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(run=cmd_train_spm)
+
+    s = sub.add_parser("encode", help="encode a parallel corpus to subword ids (safetensors)")
+    s.add_argument("--spm", required=True)
+    s.add_argument("--src", required=True)
+    s.add_argument("--tgt", required=True)
+    s.add_argument("--output", required=True)
+    s.set_defaults(run=cmd_encode)
+
+    s = sub.add_parser("train", help="train a teacher or distil a student on a DeepSpeed engine")
+    s.add_argument("--spec", required=True, help="the system's resolved spec as JSON (a2d.config.SystemSpec)")
+    s.add_argument("--train", required=True, help="encoded training corpus")
+    s.add_argument("--valid", required=True, help="encoded validation corpus")
+    s.add_argument("--valid-ref", required=True, help="validation references, plain text")
+    s.add_argument("--spm", required=True)
+    s.add_argument("--teacher", help="teacher weights, for distillation methods")
+    s.add_argument("--checkpoint-dir", required=True, help="where to keep resumable checkpoints")
+    s.add_argument("--output", required=True, help="best weights (.safetensors)")
+    s.add_argument("--summary", required=True, help="training summary (.json)")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_train)
+
+    s = sub.add_parser("translate", help="translate a text file with beam search")
+    s.add_argument("--model", required=True)
+    s.add_argument("--spm", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--beam-size", type=int, default=5)
+    s.add_argument("--length-penalty", type=float, default=1.0)
+    s.add_argument("--max-len-a", type=float, default=1.2)
+    s.add_argument("--max-len-b", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(run=cmd_translate)
+
+    s = sub.add_parser("evaluate", help="BLEU and chrF with sacrebleu, saved as JSON with signatures")
+    s.add_argument("--hyp", required=True)
+    s.add_argument("--ref", required=True)
+    s.add_argument("--system", required=True)
+    s.add_argument("--test-set", required=True)
+    s.add_argument("--output", required=True)
+    s.set_defaults(run=cmd_evaluate)
+
+    s = sub.add_parser("tables", help="aggregate metrics into results.md and results.csv")
+    s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
+    s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
+    s.add_argument("--markdown", required=True)
+    s.add_argument("--csv", required=True)
+    s.set_defaults(run=cmd_tables)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (InputError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,138 @@
+"""Experiment configuration: validated once when loaded, then resolved into one spec per system.
+
+The YAML structure is checked against `workflow/schemas/config.schema.yaml` (unknown keys are
+errors); values are then built into the dataclasses below, whose defaults are the method doc's
+reference recipe, so a shape that cannot work fails here and not deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from a2d.distill import MethodConfig
+from a2d.model import ModelConfig
+from a2d.search import SearchConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 1
+    max_tokens: int = 4096  # padded tokens per batch and side
+    max_epochs: int = 100
+    max_steps: int = 0  # 0: no cap
+    patience: int = 10  # stop after this many epochs without a better validation BLEU; 0: never
+    lr: float = 5e-4
+    warmup_steps: int = 4000
+    warmup_init_lr: float = 1e-7
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-4  # decoupled (AdamW)
+    clip_norm: float = 0.0  # 0: no clipping
+    zero_stage: int = 1
+    save_every_steps: int = 1000
+    keep_checkpoints: int = 2
+    valid_max_len_a: float = 1.2  # greedy decoding of the validation set
+    valid_max_len_b: int = 10
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage {self.zero_stage} is not supported; use 0, 1 or 2 (ZeRO-3 would "
+                             "partition the tied output projection that validation and export read)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build(cls, values: dict, where: str):
+    """Construct dataclass `cls` from `values`; unknown keys and bad values name `where`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """Everything that decides how one model (teacher or student) is trained."""
+
+    name: str
+    model: dict  # ModelConfig fields except vocab_size, which comes from the subword model
+    method: MethodConfig
+    training: TrainingConfig
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "model": self.model, "method": self.method.to_dict(),
+                           "training": self.training.to_dict()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SystemSpec":
+        d = json.loads(text)
+        return cls(d["name"], d["model"], build(MethodConfig, d["method"], f"{d['name']}.method"),
+                   build(TrainingConfig, d["training"], f"{d['name']}.training"))
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return build(ModelConfig, {**self.model, "vocab_size": vocab_size}, f"{self.name}.model")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    validate_config(config, str(path))
+    return config
+
+
+def validate_config(config: dict, where: str = "config") -> None:
+    """Schema check, then build every system spec so that bad values fail now."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    try:
+        jsonschema.validate(config, schema)
+    except jsonschema.ValidationError as err:
+        location = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{where}: at {location}: {err.message}") from None
+    for name in systems(config):
+        spec = system_spec(config, name)
+        spec.model_config(vocab_size=config["sentencepiece"]["vocab_size"])
+    if system_spec(config, "teacher").method.needs_teacher:
+        raise ConfigError(f"{where}: teacher.method: the teacher is trained without distillation (name: none)")
+    build(SearchConfig, config.get("decoding", {}), "decoding")
+
+
+def systems(config: dict) -> list[str]:
+    """The teacher first, then the students in config order."""
+    return ["teacher", *config["students"]]
+
+
+def system_spec(config: dict, name: str) -> SystemSpec:
+    entry = config["teacher"] if name == "teacher" else config["students"][name]
+    training = {**config.get("training", {}), **entry.get("training", {})}
+    return SystemSpec(
+        name=name,
+        model=dict(entry.get("model", {})),
+        method=build(MethodConfig, entry.get("method", {}), f"{name}.method"),
+        training=build(TrainingConfig, training, f"{name}.training"),
+    )
+
+
+def search_config(config: dict) -> SearchConfig:
+    return build(SearchConfig, config.get("decoding", {}), "decoding")

@@ -1,0 +1,271 @@
+"""Transformer encoder-decoder that can return its attention maps (Vaswani et al. 2017, post-LN).
+
+Dimension letters, used in every docstring and shape comment of a2d:
+    B batch, S source length, T target length, Q query length, K key length,
+    L layers, H heads, D model width, E head width (D / H), V vocabulary size.
+
+`Transformer.forward(..., return_attention=True)` also returns, per attention type, the per-head
+attention probabilities of all layers stacked layer-major: channel c = l*H + h, layer 0 = bottom
+(A2D method doc, section 1). Without that flag, attention runs through PyTorch's fused kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the SentencePiece training in a2d.data
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a model; saved next to its weights so a checkpoint rebuilds the model alone."""
+
+    vocab_size: int
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    d_model: int = 512
+    heads: int = 4
+    ffn: int = 1024
+    dropout: float = 0.3
+    attention_dropout: float = 0.0
+    max_positions: int = 1024
+
+    def __post_init__(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AttentionMaps:
+    """Stacked attention probabilities of one model, one tensor per attention type."""
+
+    encoder_self: Tensor  # (B, L_enc*H, S, S)
+    decoder_self: Tensor  # (B, L_dec*H, T, T)
+    decoder_cross: Tensor  # (B, L_dec*H, T, S)
+
+    def items(self):
+        return (("encoder_self", self.encoder_self), ("decoder_self", self.decoder_self),
+                ("decoder_cross", self.decoder_cross))
+
+
+@dataclass
+class Seq2SeqOutput:
+    logits: Tensor  # (B, T, V)
+    attention: AttentionMaps | None = None
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """(length, dim) table: sin on the first half of the channels, cos on the second (fairseq)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freqs[None, :]
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return F.pad(table, (0, dim - 2 * half))
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int, attention_dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.attention_dropout = attention_dropout
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)  # (B, H, N, E)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None,
+                return_attention: bool) -> tuple[Tensor, Tensor | None]:
+        """query (B, Q, D); keys and values (B, H, K, E), already projected and split.
+
+        mask: bool, True where a query may attend to a key, broadcastable to (B, H, Q, K).
+        Returns the output (B, Q, D) and, if asked, the probabilities (B, H, Q, K).
+        """
+        q = self.split_heads(self.q_proj(query))  # (B, H, Q, E)
+        dropout = self.attention_dropout if self.training else 0.0
+        if return_attention:
+            scores = q @ keys.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Q, K)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            context = F.dropout(probs, dropout, self.training) @ values
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+        B, H, Q, E = context.shape
+        return self.out_proj(context.transpose(1, 2).reshape(B, Q, H * E)), probs
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, ffn), nn.Linear(ffn, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.dropout(F.relu(self.fc1(x)), self.dropout, self.training))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, mask: Tensor, return_attention: bool):
+        keys, values = self.self_attn.project_kv(x)
+        h, probs = self.self_attn(x, keys, values, mask, return_attention)
+        x = self.self_attn_norm(x + F.dropout(h, self.dropout, self.training))
+        x = self.ffn_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
+        return x, probs
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, self_keys: Tensor, self_values: Tensor, self_mask: Tensor | None,
+                cross_keys: Tensor, cross_values: Tensor, cross_mask: Tensor, return_attention: bool):
+        h, self_probs = self.self_attn(x, self_keys, self_values, self_mask, return_attention)
+        x = self.self_attn_norm(x + F.dropout(h, self.dropout, self.training))
+        h, cross_probs = self.cross_attn(x, cross_keys, cross_values, cross_mask, return_attention)
+        x = self.cross_attn_norm(x + F.dropout(h, self.dropout, self.training))
+        x = self.ffn_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
+        return x, self_probs, cross_probs
+
+
+@dataclass
+class EncoderOutput:
+    hidden: Tensor  # (B, S, D)
+    key_mask: Tensor  # (B, 1, 1, S) bool, True at real source tokens
+    attention: list[Tensor]  # per layer (B, H, S, S); empty unless asked
+
+
+@dataclass
+class DecoderState:
+    """Key/value cache for incremental decoding: one entry per decoder layer."""
+
+    self_keys: list[Tensor]  # (B, H, t, E) each, grows by one position per step
+    self_values: list[Tensor]
+    cross_keys: list[Tensor]  # (B, H, S, E) each, computed once from the encoder output
+    cross_values: list[Tensor]
+    cross_mask: Tensor  # (B, 1, 1, S)
+
+    def select(self, index: Tensor) -> "DecoderState":
+        """Keep batch rows `index` (beam reordering), in that order."""
+        pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
+        return DecoderState(pick(self.self_keys), pick(self.self_values), pick(self.cross_keys),
+                            pick(self.cross_values), self.cross_mask.index_select(0, index))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)  # tied to output
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for embed in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(embed.weight, mean=0.0, std=self.cfg.d_model ** -0.5)
+            nn.init.zeros_(embed.weight[PAD_ID])
+
+    def embed(self, table: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
+        N = tokens.size(1)
+        if offset + N > self.cfg.max_positions:
+            raise ValueError(f"sequence of {offset + N} tokens exceeds max_positions {self.cfg.max_positions}")
+        x = table(tokens) * math.sqrt(self.cfg.d_model) + self.positions[offset:offset + N]
+        return F.dropout(x, self.cfg.dropout, self.training)  # (B, N, D)
+
+    def encode(self, src_tokens: Tensor, return_attention: bool = False) -> EncoderOutput:
+        """src_tokens (B, S), right-padded with PAD_ID."""
+        key_mask = (src_tokens != PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embed(self.src_embed, src_tokens)
+        maps = []
+        for layer in self.encoder_layers:
+            x, probs = layer(x, key_mask, return_attention)
+            if return_attention:
+                maps.append(probs)
+        return EncoderOutput(x, key_mask, maps)
+
+    def forward(self, src_tokens: Tensor, prev_tokens: Tensor, return_attention: bool = False) -> Seq2SeqOutput:
+        """Teacher-forced pass. src_tokens (B, S); prev_tokens (B, T) = BOS + target[:-1]."""
+        enc = self.encode(src_tokens, return_attention)
+        x = self.embed(self.tgt_embed, prev_tokens)
+        T = prev_tokens.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+        self_maps, cross_maps = [], []
+        for layer in self.decoder_layers:
+            keys, values = layer.self_attn.project_kv(x)
+            cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
+            x, self_probs, cross_probs = layer(x, keys, values, causal, cross_keys, cross_values,
+                                               enc.key_mask, return_attention)
+            if return_attention:
+                self_maps.append(self_probs)
+                cross_maps.append(cross_probs)
+        logits = x @ self.tgt_embed.weight.t()  # (B, T, V)
+        if not return_attention:
+            return Seq2SeqOutput(logits)
+        stack = lambda maps: torch.cat(maps, dim=1)  # noqa: E731  L x (B, H, Q, K) -> (B, L*H, Q, K)
+        return Seq2SeqOutput(logits, AttentionMaps(stack(enc.attention), stack(self_maps), stack(cross_maps)))
+
+    # Incremental decoding (beam search): one target position at a time with a key/value cache.
+
+    def start_decoding(self, enc: EncoderOutput) -> DecoderState:
+        empty = enc.hidden.new_zeros(enc.hidden.size(0), self.cfg.heads, 0, self.cfg.d_model // self.cfg.heads)
+        cross = [layer.cross_attn.project_kv(enc.hidden) for layer in self.decoder_layers]
+        n = len(self.decoder_layers)
+        return DecoderState([empty] * n, [empty] * n, [k for k, _ in cross], [v for _, v in cross], enc.key_mask)
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """tokens (B,) at position state.length; returns log-probabilities (B, V) and the grown state."""
+        position = state.self_keys[0].size(2)
+        x = self.embed(self.tgt_embed, tokens[:, None], offset=position)  # (B, 1, D)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            k, v = layer.self_attn.project_kv(x)
+            keys = torch.cat([state.self_keys[i], k], dim=2)  # (B, H, t+1, E)
+            values = torch.cat([state.self_values[i], v], dim=2)
+            new_keys.append(keys)
+            new_values.append(values)
+            x, _, _ = layer(x, keys, values, None, state.cross_keys[i], state.cross_values[i],
+                            state.cross_mask, False)
+        logits = x[:, 0] @ self.tgt_embed.weight.t()  # (B, V)
+        state = DecoderState(new_keys, new_values, state.cross_keys, state.cross_values, state.cross_mask)
+        return torch.log_softmax(logits.float(), dim=-1), state
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,139 @@
+"""Greedy and beam search over the model's key/value cache, batched.
+
+Output length rule (fairseq's): at most max_len_a * source_length + max_len_b tokens before EOS;
+a hypothesis that reaches it is ended with EOS. Beam scores are sums of log-probabilities divided
+by length ** length_penalty, the length counting the EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    batch_size: int = 64  # sentences per batch
+
+
+def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """(B,) longest output (tokens before EOS) allowed for each source sentence."""
+    src_lengths = (src != PAD_ID).sum(1)
+    limit = (max_len_a * src_lengths.float() + max_len_b).long()
+    return limit.clamp(min=1, max=model.cfg.max_positions - 1)
+
+
+def _next_token_lprobs(lprobs: Tensor, must_end: Tensor) -> Tensor:
+    """Never emit PAD or BOS; rows in `must_end` may only emit EOS. lprobs (N, V), must_end (N,)."""
+    lprobs[:, PAD_ID] = float("-inf")
+    lprobs[:, BOS_ID] = float("-inf")
+    eos = lprobs[:, EOS_ID].clone()
+    lprobs[must_end] = float("-inf")
+    lprobs[:, EOS_ID] = eos
+    return lprobs
+
+
+@torch.no_grad()
+def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> list[list[int]]:
+    """src (B, S) -> one token list per sentence (without EOS)."""
+    B = src.size(0)
+    limits = max_lengths(model, src, max_len_a, max_len_b)
+    state = model.start_decoding(model.encode(src))
+    tokens = torch.full((B,), BOS_ID, dtype=torch.long)
+    outputs, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
+    for step in range(int(limits.max()) + 1):
+        lprobs, state = model.decode_step(tokens, state)
+        tokens = _next_token_lprobs(lprobs, step >= limits).argmax(-1)  # (B,)
+        for b in (~finished).nonzero().flatten().tolist():
+            if tokens[b] != EOS_ID:
+                outputs[b].append(int(tokens[b]))
+        finished |= tokens == EOS_ID
+        if finished.all():
+            break
+    return outputs
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty: float,
+                max_len_a: float, max_len_b: int) -> list[list[int]]:
+    """src (B, S) -> the best hypothesis per sentence (without EOS).
+
+    A sentence is finished when `beam_size` hypotheses have ended with EOS; finished sentences
+    leave the batch, so the cost follows the sentences still being searched.
+    """
+    B, k = src.size(0), beam_size
+    limits = max_lengths(model, src, max_len_a, max_len_b)
+    state = model.start_decoding(model.encode(src)).select(torch.arange(B).repeat_interleave(k))
+    active = torch.arange(B)  # (A,) original index of each sentence still searched
+    scores = torch.full((B, k), float("-inf"))
+    scores[:, 0] = 0.0  # at the first step all beams are identical: expand only one
+    history = torch.empty(B * k, 0, dtype=torch.long)  # (A*k, t)
+    tokens = torch.full((B * k,), BOS_ID, dtype=torch.long)
+    finalized: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+
+    for step in range(int(limits.max()) + 1):
+        A = active.numel()
+        lprobs, state = model.decode_step(tokens, state)  # (A*k, V)
+        V = lprobs.size(-1)
+        lprobs = _next_token_lprobs(lprobs, (step >= limits[active]).repeat_interleave(k))
+        candidates = (scores.view(A * k, 1) + lprobs).view(A, k * V)
+        top_scores, top = candidates.topk(2 * k, dim=1)  # (A, 2k): at most k of them are EOS
+        top_beams, top_tokens = top // V, top % V
+
+        # Hypotheses ending here: EOS among the first k candidates, as fairseq does.
+        norm = (step + 1) ** length_penalty
+        ended = (top_tokens[:, :k] == EOS_ID) & torch.isfinite(top_scores[:, :k])
+        for a, j in ended.nonzero().tolist():
+            done = finalized[int(active[a])]
+            if len(done) < k:
+                row = a * k + int(top_beams[a, j])
+                done.append((float(top_scores[a, j]) / norm, history[row].tolist()))
+
+        # The next beams: the best k candidates that did not end.
+        alive = top_tokens != EOS_ID
+        rank = alive.cumsum(1)
+        chosen = (alive & (rank <= k)).nonzero()[:, 1].view(A, k)  # (A, k) positions in the 2k
+        next_beams = top_beams.gather(1, chosen)
+        scores = top_scores.gather(1, chosen)
+        tokens = top_tokens.gather(1, chosen).view(-1)
+        rows = (torch.arange(A)[:, None] * k + next_beams).view(-1)  # (A*k,)
+
+        keep = torch.tensor([len(finalized[int(i)]) < k for i in active], dtype=torch.bool)
+        if not keep.any():
+            break
+        if not keep.all():  # drop finished sentences from the batch
+            rows = rows.view(A, k)[keep].view(-1)
+            scores, tokens = scores[keep], tokens.view(A, k)[keep].view(-1)
+            active = active[keep]
+        history = torch.cat([history[rows], tokens[:, None]], dim=1)
+        state = state.select(rows)
+
+    return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finalized]
+
+
+@torch.no_grad()
+def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> list[list[int]]:
+    """Decode encoded sources (each ending in EOS) in length-sorted batches; keeps input order."""
+    from a2d.data import pad
+
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    outputs: list[list[int]] = [[] for _ in sources]
+    for start in range(0, len(order), cfg.batch_size):
+        ids = order[start:start + cfg.batch_size]
+        src = pad([sources[i] for i in ids])
+        if cfg.beam_size == 1:
+            hyps = greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)
+        else:
+            hyps = beam_search(model, src, cfg.beam_size, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b)
+        for i, hyp in zip(ids, hyps):
+            outputs[i] = hyp
+    return outputs

@@ -1,0 +1,76 @@
+import torch
+import torch.nn.functional as F
+
+from a2d.model import PAD_ID, sinusoidal_positions
+from conftest import random_batch, tiny_model
+
+
+def test_output_shapes():
+    model = tiny_model(encoder_layers=3, decoder_layers=2, heads=4)
+    src, prev = random_batch(S=7, T=5)
+    out = model(src, prev, return_attention=True)
+    assert out.logits.shape == (3, 5, 50)
+    assert out.attention.encoder_self.shape == (3, 3 * 4, 7, 7)
+    assert out.attention.decoder_self.shape == (3, 2 * 4, 5, 5)
+    assert out.attention.decoder_cross.shape == (3, 2 * 4, 5, 7)
+    assert model(src, prev).attention is None
+
+
+def test_attention_rows_are_distributions_and_respect_masks():
+    model = tiny_model()
+    src, prev = random_batch()
+    maps = model(src, prev, return_attention=True).attention
+    for _, m in maps.items():
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    pad_keys = (src == PAD_ID)[:, None, None, :]
+    assert (maps.encoder_self.masked_select(pad_keys) == 0).all()
+    assert (maps.decoder_cross.masked_select(pad_keys) == 0).all()
+    T = prev.size(1)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    assert (maps.decoder_self[..., future] == 0).all()
+
+
+def test_explicit_attention_matches_fused_kernel():
+    model = tiny_model()
+    src, prev = random_batch()
+    explicit = model(src, prev, return_attention=True).logits
+    fused = model(src, prev, return_attention=False).logits
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    # And one attention module against F.scaled_dot_product_attention itself.
+    attn = model.encoder_layers[0].self_attn
+    x = torch.randn(3, 7, 16)
+    mask = (src != PAD_ID)[:, None, None, :]
+    k, v = attn.project_kv(x)
+    out, probs = attn(x, k, v, mask, return_attention=True)
+    q = attn.split_heads(attn.q_proj(x))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(probs @ v, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_maps_are_stacked_layer_major():
+    """Channel l*H + h holds layer l's head h, layer 0 at the bottom."""
+    model = tiny_model(encoder_layers=3, heads=2)
+    src, prev = random_batch()
+    stacked = model(src, prev, return_attention=True).attention.encoder_self
+    mask = (src != PAD_ID)[:, None, None, :]
+    x = model.embed(model.src_embed, src)
+    for l, layer in enumerate(model.encoder_layers):
+        x, probs = layer(x, mask, return_attention=True)
+        torch.testing.assert_close(stacked[:, 2 * l:2 * l + 2], probs)
+
+
+def test_incremental_decoding_matches_teacher_forcing():
+    model = tiny_model()
+    src, prev = random_batch(B=2)
+    prev[:] = prev[0]  # no target padding: every position is a real step
+    full = torch.log_softmax(model(src, prev).logits, dim=-1)
+    state = model.start_decoding(model.encode(src))
+    for t in range(prev.size(1)):
+        step, state = model.decode_step(prev[:, t], state)
+        torch.testing.assert_close(step, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_sinusoidal_positions():
+    table = sinusoidal_positions(10, 8)
+    assert table.shape == (10, 8)
+    torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4))

@@ -1,0 +1,83 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from a2d.checkpoint import load_model, save_model
+from a2d.config import SystemSpec, TrainingConfig
+from a2d.distill import MethodConfig
+from a2d.train import train
+from conftest import tiny_model
+
+SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
+
+
+def spec(name="teacher", method="none", **training) -> SystemSpec:
+    cfg = dict(max_tokens=400, max_epochs=3, lr=2e-3, warmup_steps=5, save_every_steps=2, patience=0, seed=3)
+    return SystemSpec(name, dict(SHAPE), MethodConfig(name=method), TrainingConfig(**{**cfg, **training}))
+
+
+def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None) -> dict:
+    return train(system, train_path=str(corpus["train"]), valid_path=str(corpus["valid"]),
+                 valid_ref=str(corpus["valid.tgt"]), spm_path=str(corpus["spm"]),
+                 checkpoint_dir=str(tmp_path / ckpt), output=str(tmp_path / out),
+                 summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, progress_bar=False)
+
+
+def final_weights(checkpoint_dir, step):
+    path = next(checkpoint_dir.glob(f"*/step{step}/mp_rank_00_model_states.pt"))
+    return torch.load(path, weights_only=True)["module"]
+
+
+def test_resume_continues_the_same_run(tiny_corpus, tmp_path):
+    """7 steps in one go equal 3 steps, a stop, and a resumed run to 7 (mid-epoch, with dropout)."""
+    straight = run(tiny_corpus, tmp_path, spec(max_steps=7), "a", "a.safetensors")
+    first = run(tiny_corpus, tmp_path, spec(max_steps=3), "b", "b.safetensors")
+    resumed = run(tiny_corpus, tmp_path, spec(max_steps=7), "b", "b.safetensors")
+    assert first["steps"] == 3 and resumed["steps"] == straight["steps"] == 7
+    assert resumed["run_dir"] == first["run_dir"]  # a longer budget continues the same run
+    a, b = final_weights(tmp_path / "a", 7), final_weights(tmp_path / "b", 7)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert straight["history"][-1]["valid_bleu"] == resumed["history"][-1]["valid_bleu"]
+
+
+def test_changed_spec_starts_a_new_run(tiny_corpus, tmp_path):
+    first = run(tiny_corpus, tmp_path, spec(max_steps=2), "c", "c.safetensors")
+    other = run(tiny_corpus, tmp_path, spec(max_steps=2, lr=1e-3), "c", "c.safetensors")
+    assert other["run_dir"] != first["run_dir"] and other["steps"] == 2
+
+
+def test_distillation_exports_student_without_aam(tiny_corpus, tmp_path):
+    teacher = run(tiny_corpus, tmp_path, spec(max_steps=2), "t", "teacher.safetensors")
+    student_spec = dataclasses.replace(spec("student", "a2d", max_steps=2), model=dict(SHAPE, encoder_layers=1, decoder_layers=1))
+    student = run(tiny_corpus, tmp_path, student_spec, "s", "student.safetensors",
+                  teacher=str(tmp_path / "teacher.safetensors"))
+    weights = load_file(tmp_path / "student.safetensors")
+    assert not any("alignment" in k for k in weights)
+    model = load_model(tmp_path / "student.safetensors")
+    assert model.cfg.encoder_layers == 1 and student["parameters"] < teacher["parameters"]
+    summary = json.loads((tmp_path / "student.safetensors.json").read_text())
+    assert summary["method"] == "a2d" and summary["steps"] == 2
+
+
+def test_model_loading_is_strict(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "m.safetensors"
+    save_model(path, model)
+    torch.testing.assert_close(load_model(path).state_dict(), model.state_dict())
+    state = load_file(path)
+    state["unexpected.weight"] = torch.zeros(1)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    save_file(state, str(tmp_path / "extra.safetensors"), metadata=metadata)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_model(tmp_path / "extra.safetensors")
+    save_file({k: v for k, v in load_file(path).items()}, str(tmp_path / "nometa.safetensors"))
+    with pytest.raises(ValueError, match="not an a2d model"):
+        load_model(tmp_path / "nometa.safetensors")

@@ -1,0 +1,31 @@
+from a2d.config import search_config, system_spec, systems, validate_config
+
+# Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
+validate_config(config, "config")
+
+RESULTS = f"results/{config['experiment']}"
+LOGS = f"logs/{config['experiment']}"
+SYSTEMS = systems(config)
+TEST_SETS = ["test"]
+DECODING = search_config(config)
+
+wildcard_constraints:
+    system="|".join(SYSTEMS),
+    test_set="|".join(TEST_SETS),
+    split="train|valid|test",
+
+
+def spec_json(wildcards):
+    """The system's resolved spec: a param, so editing one system re-runs that system only."""
+    return system_spec(config, wildcards.system).to_json()
+
+
+def teacher_inputs(wildcards):
+    """Distillation methods read the trained teacher; the teacher and no-KD students do not."""
+    if system_spec(config, wildcards.system).method.needs_teacher:
+        return {"teacher": f"{RESULTS}/models/teacher/model.safetensors"}
+    return {}
+
+
+def teacher_flag(wildcards, input):
+    return ["--teacher", input.teacher] if "teacher" in input.keys() else []

@@ -1,0 +1,53 @@
+rule translate:
+    input:
+        model=f"{RESULTS}/models/{{system}}/model.safetensors",
+        spm=f"{RESULTS}/spm/spm.model",
+        src=f"{RESULTS}/corpus/{{test_set}}.src",
+    output:
+        f"{RESULTS}/translations/{{system}}.{{test_set}}.txt",
+    params:
+        beam_size=DECODING.beam_size,
+        length_penalty=DECODING.length_penalty,
+        max_len_a=DECODING.max_len_a,
+        max_len_b=DECODING.max_len_b,
+        batch_size=DECODING.batch_size,
+    log:
+        f"{LOGS}/translate/{{system}}.{{test_set}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/translate/{{system}}.{{test_set}}.tsv"
+    shell:
+        "python -m a2d translate --model {input.model:q} --spm {input.spm:q} --input {input.src:q}"
+        " --output {output:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"
+        " --max-len-a {params.max_len_a:q} --max-len-b {params.max_len_b:q} --batch-size {params.batch_size:q}"
+        " --threads {threads} 2> {log:q}"
+
+
+rule evaluate:
+    input:
+        hyp=f"{RESULTS}/translations/{{system}}.{{test_set}}.txt",
+        ref=f"{RESULTS}/corpus/{{test_set}}.tgt",
+    output:
+        f"{RESULTS}/metrics/{{system}}.{{test_set}}.json",
+    log:
+        f"{LOGS}/evaluate/{{system}}.{{test_set}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{system}}.{{test_set}}.tsv"
+    shell:
+        "python -m a2d evaluate --hyp {input.hyp:q} --ref {input.ref:q} --system {wildcards.system:q}"
+        " --test-set {wildcards.test_set:q} --output {output:q} 2> {log:q}"
+
+
+rule tables:
+    input:
+        metrics=expand(f"{RESULTS}/metrics/{{system}}.{{test_set}}.json", system=SYSTEMS, test_set=TEST_SETS),
+        summaries=expand(f"{RESULTS}/models/{{system}}/train.json", system=SYSTEMS),
+    output:
+        markdown=f"{RESULTS}/tables/results.md",
+        csv=f"{RESULTS}/tables/results.csv",
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv"
+    shell:
+        "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
+        " --markdown {output.markdown:q} --csv {output.csv:q} 2> {log:q}"

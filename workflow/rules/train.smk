@@ -1,0 +1,26 @@
+rule train:
+    """Teacher or student: one rule, the system's spec decides. The checkpoint directory is a
+    param, not an output, so that Snakemake never deletes it and a re-run resumes from it."""
+    input:
+        unpack(teacher_inputs),
+        train=f"{RESULTS}/data/train.safetensors",
+        valid=f"{RESULTS}/data/valid.safetensors",
+        valid_ref=f"{RESULTS}/corpus/valid.tgt",
+        spm=f"{RESULTS}/spm/spm.model",
+    output:
+        model=f"{RESULTS}/models/{{system}}/model.safetensors",
+        summary=f"{RESULTS}/models/{{system}}/train.json",
+    params:
+        spec=spec_json,
+        teacher=teacher_flag,
+        checkpoint_dir=f"{RESULTS}/checkpoints/{{system}}",
+    log:
+        f"{LOGS}/train/{{system}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{system}}.tsv"
+    threads: 2
+    shell:
+        "python -m a2d train --spec {params.spec:q} --train {input.train:q} --valid {input.valid:q}"
+        " --valid-ref {input.valid_ref:q} --spm {input.spm:q} {params.teacher:q}"
+        " --checkpoint-dir {params.checkpoint_dir:q} --output {output.model:q} --summary {output.summary:q}"
+        " --threads {threads} 2> {log:q}"
