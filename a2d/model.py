@@ -1,4 +1,4 @@
-"""Transformer encoder-decoder that can return its attention maps (Vaswani et al. 2017, post-LN).
+"""Transformer encoder-decoder that can return its attention maps (Vaswani et al. 2017).
 
 Dimension letters, used in every docstring and shape comment of a2d:
     B batch, S source length, T target length, Q query length, K key length,
@@ -34,6 +34,7 @@ class ModelConfig:
     dropout: float = 0.3
     attention_dropout: float = 0.0
     max_positions: int = 1024
+    pre_norm: bool = False  # LayerNorm before each sublayer (and after the stack) instead of after it
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -120,20 +121,34 @@ class FeedForward(nn.Module):
         return self.fc2(F.dropout(F.relu(self.fc1(x)), self.dropout, self.training))
 
 
+class Residual(nn.Module):
+    """x + dropout(sublayer(x)), LayerNorm after the sum (post-norm, the paper's) or before the sublayer."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout, self.pre_norm = dropout, pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> tuple[Tensor, tuple]:
+        out, *extra = sublayer(self.norm(x) if self.pre_norm else x)
+        x = x + F.dropout(out, self.dropout, self.training)
+        return (x if self.pre_norm else self.norm(x)), tuple(extra)
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = cfg.dropout
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
     def forward(self, x: Tensor, mask: Tensor, return_attention: bool):
-        keys, values = self.self_attn.project_kv(x)
-        h, probs = self.self_attn(x, keys, values, mask, return_attention)
-        x = self.self_attn_norm(x + F.dropout(h, self.dropout, self.training))
-        x = self.ffn_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
+        def attend(h):
+            return self.self_attn(h, *self.self_attn.project_kv(h), mask, return_attention)
+
+        x, (probs,) = self.self_attn_block(x, attend)
+        x, _ = self.ffn_block(x, lambda h: (self.ffn(h),))
         return x, probs
 
 
@@ -141,21 +156,28 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_norm = nn.LayerNorm(cfg.d_model)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = cfg.dropout
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, self_keys: Tensor, self_values: Tensor, self_mask: Tensor | None,
-                cross_keys: Tensor, cross_values: Tensor, cross_mask: Tensor, return_attention: bool):
-        h, self_probs = self.self_attn(x, self_keys, self_values, self_mask, return_attention)
-        x = self.self_attn_norm(x + F.dropout(h, self.dropout, self.training))
-        h, cross_probs = self.cross_attn(x, cross_keys, cross_values, cross_mask, return_attention)
-        x = self.cross_attn_norm(x + F.dropout(h, self.dropout, self.training))
-        x = self.ffn_norm(x + F.dropout(self.ffn(x), self.dropout, self.training))
-        return x, self_probs, cross_probs
+    def forward(self, x: Tensor, self_mask: Tensor | None, cross_keys: Tensor, cross_values: Tensor,
+                cross_mask: Tensor, return_attention: bool, past: tuple[Tensor, Tensor] | None = None):
+        """x (B, T, D). `past`: cached self-attention keys and values (B, H, t, E) of earlier positions.
+        Returns x, this layer's full self-attention keys and values, and the two attention maps."""
+        def self_attend(h):
+            keys, values = self.self_attn.project_kv(h)
+            if past is not None:
+                keys, values = torch.cat([past[0], keys], dim=2), torch.cat([past[1], values], dim=2)
+            out, probs = self.self_attn(h, keys, values, self_mask, return_attention)
+            return out, probs, keys, values
+
+        x, (self_probs, keys, values) = self.self_attn_block(x, self_attend)
+        x, (cross_probs,) = self.cross_attn_block(
+            x, lambda h: self.cross_attn(h, cross_keys, cross_values, cross_mask, return_attention))
+        x, _ = self.ffn_block(x, lambda h: (self.ffn(h),))
+        return x, (keys, values), self_probs, cross_probs
 
 
 @dataclass
@@ -191,6 +213,9 @@ class Transformer(nn.Module):
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # Pre-norm stacks end with a LayerNorm; post-norm layers already end with one.
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -218,7 +243,7 @@ class Transformer(nn.Module):
             x, probs = layer(x, key_mask, return_attention)
             if return_attention:
                 maps.append(probs)
-        return EncoderOutput(x, key_mask, maps)
+        return EncoderOutput(self.encoder_norm(x), key_mask, maps)
 
     def forward(self, src_tokens: Tensor, prev_tokens: Tensor, return_attention: bool = False) -> Seq2SeqOutput:
         """Teacher-forced pass. src_tokens (B, S); prev_tokens (B, T) = BOS + target[:-1]."""
@@ -228,14 +253,12 @@ class Transformer(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
         self_maps, cross_maps = [], []
         for layer in self.decoder_layers:
-            keys, values = layer.self_attn.project_kv(x)
             cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
-            x, self_probs, cross_probs = layer(x, keys, values, causal, cross_keys, cross_values,
-                                               enc.key_mask, return_attention)
+            x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask, return_attention)
             if return_attention:
                 self_maps.append(self_probs)
                 cross_maps.append(cross_probs)
-        logits = x @ self.tgt_embed.weight.t()  # (B, T, V)
+        logits = self.decoder_norm(x) @ self.tgt_embed.weight.t()  # (B, T, V)
         if not return_attention:
             return Seq2SeqOutput(logits)
         stack = lambda maps: torch.cat(maps, dim=1)  # noqa: E731  L x (B, H, Q, K) -> (B, L*H, Q, K)
@@ -255,14 +278,12 @@ class Transformer(nn.Module):
         x = self.embed(self.tgt_embed, tokens[:, None], offset=position)  # (B, 1, D)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.decoder_layers):
-            k, v = layer.self_attn.project_kv(x)
-            keys = torch.cat([state.self_keys[i], k], dim=2)  # (B, H, t+1, E)
-            values = torch.cat([state.self_values[i], v], dim=2)
-            new_keys.append(keys)
+            past = (state.self_keys[i], state.self_values[i])
+            x, (keys, values), _, _ = layer(x, None, state.cross_keys[i], state.cross_values[i], state.cross_mask,
+                                            False, past=past)
+            new_keys.append(keys)  # (B, H, t+1, E)
             new_values.append(values)
-            x, _, _ = layer(x, keys, values, None, state.cross_keys[i], state.cross_values[i],
-                            state.cross_mask, False)
-        logits = x[:, 0] @ self.tgt_embed.weight.t()  # (B, V)
+        logits = self.decoder_norm(x[:, 0]) @ self.tgt_embed.weight.t()  # (B, V)
         state = DecoderState(new_keys, new_values, state.cross_keys, state.cross_values, state.cross_mask)
         return torch.log_softmax(logits.float(), dim=-1), state
 

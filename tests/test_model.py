@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +31,9 @@ def test_attention_rows_are_distributions_and_respect_masks():
     assert (maps.decoder_self[..., future] == 0).all()
 
 
-def test_explicit_attention_matches_fused_kernel():
-    model = tiny_model()
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_explicit_attention_matches_fused_kernel(pre_norm):
+    model = tiny_model(pre_norm=pre_norm)
     src, prev = random_batch()
     explicit = model(src, prev, return_attention=True).logits
     fused = model(src, prev, return_attention=False).logits
@@ -59,8 +61,9 @@ def test_maps_are_stacked_layer_major():
         torch.testing.assert_close(stacked[:, 2 * l:2 * l + 2], probs)
 
 
-def test_incremental_decoding_matches_teacher_forcing():
-    model = tiny_model()
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_incremental_decoding_matches_teacher_forcing(pre_norm):
+    model = tiny_model(pre_norm=pre_norm)
     src, prev = random_batch(B=2)
     prev[:] = prev[0]  # no target padding: every position is a real step
     full = torch.log_softmax(model(src, prev).logits, dim=-1)
