@@ -1,7 +1,10 @@
 # The A2D pipeline: corpus -> SentencePiece -> encoded data -> teacher -> students -> beam search
 # -> sacrebleu -> results table. Wiring only; every step is a `python -m a2d` command.
 
-configfile: "config/config.yaml"
+# An experiment given with --configfile replaces the default rather than being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

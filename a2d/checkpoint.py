@@ -8,6 +8,7 @@ the few DeepSpeed classes its optimizer state holds, instead of DeepSpeed's unre
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -62,8 +63,6 @@ def latest_tag(checkpoint_dir: str | Path) -> str | None:
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> None:
     """Delete all but the `keep` newest step checkpoints (never the one `latest` names)."""
-    import shutil
-
     current = latest_tag(checkpoint_dir)
     tags = sorted((p for p in Path(checkpoint_dir).glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
     for old in tags[:-keep] if keep > 0 else []:

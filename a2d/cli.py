@@ -51,6 +51,7 @@ def cmd_translate(args):
 
     torch.set_num_threads(args.threads)
     model, sp = load_model(args.model), load_sentencepiece(args.spm)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     sources = [torch.tensor(ids) for ids in encode_lines(sp, read_lines(args.input))]
     cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size)
     write_lines(args.output, [sp.decode(hyp) for hyp in translate(model, sources, cfg)])

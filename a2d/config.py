@@ -8,7 +8,6 @@ reference recipe, so a shape that cannot work fails here and not deep inside tra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,9 +89,6 @@ class SystemSpec:
     def model_config(self, vocab_size: int) -> ModelConfig:
         return build(ModelConfig, {**self.model, "vocab_size": vocab_size}, f"{self.name}.model")
 
-    def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
-
 
 def load_config(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as f:
@@ -115,7 +111,7 @@ def validate_config(config: dict, where: str = "config") -> None:
         spec.model_config(vocab_size=config["sentencepiece"]["vocab_size"])
     if system_spec(config, "teacher").method.needs_teacher:
         raise ConfigError(f"{where}: teacher.method: the teacher is trained without distillation (name: none)")
-    build(SearchConfig, config.get("decoding", {}), "decoding")
+    search_config(config)
 
 
 def systems(config: dict) -> list[str]:

@@ -5,15 +5,31 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
+from torch import Tensor
 from safetensors.torch import load_file, save_file
 
-from a2d.distill import Batch
 from a2d.files import InputError, atomic_path, read_lines, read_parallel
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (B, S) source tokens + EOS, right-padded
+    prev: Tensor  # (B, T) BOS + target tokens
+    target: Tensor  # (B, T) target tokens + EOS
+    mask: Tensor  # (B, T) bool, True at real target tokens
+
+    @property
+    def target_tokens(self) -> int:
+        return int(self.mask.sum())
+
+    def to(self, device) -> "Batch":
+        return Batch(self.src.to(device), self.prev.to(device), self.target.to(device), self.mask.to(device))
 
 
 def train_sentencepiece(inputs: list[str], model_path: str, vocab_size: int, model_type: str, seed: int,
@@ -70,10 +86,11 @@ class ParallelData:
         split = lambda tokens, offsets: list(torch.split(tokens.long(), offsets.diff().tolist()))  # noqa: E731
         self.src = split(t["src_tokens"], t["src_offsets"])
         self.tgt = split(t["tgt_tokens"], t["tgt_offsets"])
+        self.kept = list(range(len(self.src)))  # line numbers (0-based) of the pairs held
         if max_positions is not None:
-            keep = [i for i in range(len(self.src)) if max(len(self.src[i]), len(self.tgt[i])) <= max_positions]
-            self.dropped = len(self.src) - len(keep)
-            self.src, self.tgt = [self.src[i] for i in keep], [self.tgt[i] for i in keep]
+            self.kept = [i for i in self.kept if max(len(self.src[i]), len(self.tgt[i])) <= max_positions]
+            self.src, self.tgt = [self.src[i] for i in self.kept], [self.tgt[i] for i in self.kept]
+        self.dropped = len(t["src_offsets"]) - 1 - len(self.kept)
         if not self.src:
             raise InputError(f"{path}: no sentence pairs")
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from a2d import losses
 from a2d.align import AttentionAlignment
+from a2d.data import Batch
 from a2d.model import ModelConfig, Seq2SeqOutput, Transformer
 
 METHODS = ("none", "a2d")
@@ -42,21 +43,6 @@ class MethodConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Batch:
-    src: Tensor  # (B, S) source tokens + EOS, right-padded
-    prev: Tensor  # (B, T) BOS + target tokens
-    target: Tensor  # (B, T) target tokens + EOS
-    mask: Tensor  # (B, T) bool, True at real target tokens
-
-    @property
-    def target_tokens(self) -> int:
-        return int(self.mask.sum())
-
-    def to(self, device) -> "Batch":
-        return Batch(self.src.to(device), self.prev.to(device), self.target.to(device), self.mask.to(device))
 
 
 class DistillationModule(nn.Module):

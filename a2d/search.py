@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from a2d.data import pad
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
 
 
@@ -31,11 +32,12 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
     return limit.clamp(min=1, max=model.cfg.max_positions - 1)
 
 
-def _next_token_lprobs(lprobs: Tensor, must_end: Tensor) -> Tensor:
-    """Never emit PAD or BOS; rows in `must_end` may only emit EOS. lprobs (N, V), must_end (N,)."""
+def _next_token_lprobs(lprobs: Tensor, step: int, must_end: Tensor) -> Tensor:
+    """Never emit PAD or BOS, nor EOS first (no empty output, as fairseq); rows in `must_end` may
+    only emit EOS. lprobs (N, V), must_end (N,)."""
     lprobs[:, PAD_ID] = float("-inf")
     lprobs[:, BOS_ID] = float("-inf")
-    eos = lprobs[:, EOS_ID].clone()
+    eos = lprobs[:, EOS_ID].clone() if step > 0 else torch.full_like(lprobs[:, EOS_ID], float("-inf"))
     lprobs[must_end] = float("-inf")
     lprobs[:, EOS_ID] = eos
     return lprobs
@@ -44,14 +46,14 @@ def _next_token_lprobs(lprobs: Tensor, must_end: Tensor) -> Tensor:
 @torch.no_grad()
 def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> list[list[int]]:
     """src (B, S) -> one token list per sentence (without EOS)."""
-    B = src.size(0)
+    B, device = src.size(0), src.device
     limits = max_lengths(model, src, max_len_a, max_len_b)
     state = model.start_decoding(model.encode(src))
-    tokens = torch.full((B,), BOS_ID, dtype=torch.long)
-    outputs, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
+    tokens = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
+    outputs, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(int(limits.max()) + 1):
         lprobs, state = model.decode_step(tokens, state)
-        tokens = _next_token_lprobs(lprobs, step >= limits).argmax(-1)  # (B,)
+        tokens = _next_token_lprobs(lprobs, step, step >= limits).argmax(-1)  # (B,)
         for b in (~finished).nonzero().flatten().tolist():
             if tokens[b] != EOS_ID:
                 outputs[b].append(int(tokens[b]))
@@ -69,21 +71,21 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
     A sentence is finished when `beam_size` hypotheses have ended with EOS; finished sentences
     leave the batch, so the cost follows the sentences still being searched.
     """
-    B, k = src.size(0), beam_size
+    B, k, device = src.size(0), beam_size, src.device
     limits = max_lengths(model, src, max_len_a, max_len_b)
-    state = model.start_decoding(model.encode(src)).select(torch.arange(B).repeat_interleave(k))
-    active = torch.arange(B)  # (A,) original index of each sentence still searched
-    scores = torch.full((B, k), float("-inf"))
+    state = model.start_decoding(model.encode(src)).select(torch.arange(B, device=device).repeat_interleave(k))
+    active = torch.arange(B, device=device)  # (A,) original index of each sentence still searched
+    scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at the first step all beams are identical: expand only one
-    history = torch.empty(B * k, 0, dtype=torch.long)  # (A*k, t)
-    tokens = torch.full((B * k,), BOS_ID, dtype=torch.long)
+    history = torch.empty(B * k, 0, dtype=torch.long, device=device)  # (A*k, t)
+    tokens = torch.full((B * k,), BOS_ID, dtype=torch.long, device=device)
     finalized: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
 
     for step in range(int(limits.max()) + 1):
         A = active.numel()
         lprobs, state = model.decode_step(tokens, state)  # (A*k, V)
         V = lprobs.size(-1)
-        lprobs = _next_token_lprobs(lprobs, (step >= limits[active]).repeat_interleave(k))
+        lprobs = _next_token_lprobs(lprobs, step, (step >= limits[active]).repeat_interleave(k))
         candidates = (scores.view(A * k, 1) + lprobs).view(A, k * V)
         top_scores, top = candidates.topk(2 * k, dim=1)  # (A, 2k): at most k of them are EOS
         top_beams, top_tokens = top // V, top % V
@@ -104,9 +106,9 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
         next_beams = top_beams.gather(1, chosen)
         scores = top_scores.gather(1, chosen)
         tokens = top_tokens.gather(1, chosen).view(-1)
-        rows = (torch.arange(A)[:, None] * k + next_beams).view(-1)  # (A*k,)
+        rows = (torch.arange(A, device=device)[:, None] * k + next_beams).view(-1)  # (A*k,)
 
-        keep = torch.tensor([len(finalized[int(i)]) < k for i in active], dtype=torch.bool)
+        keep = torch.tensor([len(finalized[i]) < k for i in active.tolist()], dtype=torch.bool, device=device)
         if not keep.any():
             break
         if not keep.all():  # drop finished sentences from the batch
@@ -121,15 +123,15 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
 
 @torch.no_grad()
 def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> list[list[int]]:
-    """Decode encoded sources (each ending in EOS) in length-sorted batches; keeps input order."""
-    from a2d.data import pad
-
+    """Decode encoded sources (each ending in EOS) in length-sorted batches, on the model's device;
+    keeps input order."""
     model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs: list[list[int]] = [[] for _ in sources]
     for start in range(0, len(order), cfg.batch_size):
         ids = order[start:start + cfg.batch_size]
-        src = pad([sources[i] for i in ids])
+        src = pad([sources[i] for i in ids]).to(device)
         if cfg.beam_size == 1:
             hyps = greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)
         else:

@@ -94,14 +94,15 @@ class Progress:
     history: list = field(default_factory=list)  # one dict per epoch
 
 
-# Criteria that only say when to stop: changing them continues a run rather than starting anew.
-STOPPING_FIELDS = ("max_epochs", "max_steps", "patience")
+# Settings that say when to stop or how to keep checkpoints but do not change the training
+# trajectory: changing them continues a run rather than starting anew.
+NON_TRAJECTORY_FIELDS = ("max_epochs", "max_steps", "patience", "save_every_steps", "keep_checkpoints")
 
 
 def run_digest(spec: SystemSpec, inputs: list[str]) -> str:
     """Names a run by everything that shapes its trajectory: spec (less stopping criteria) and inputs."""
     identity = json.loads(spec.to_json())
-    for name in STOPPING_FIELDS:
+    for name in NON_TRAJECTORY_FIELDS:
         identity["training"].pop(name)
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for path in inputs:
@@ -141,13 +142,13 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     module = DistillationModule(student, spec.method, teacher.cfg if teacher else None)
 
     train_data = ParallelData(train_path, max_positions=model_cfg.max_positions)
-    valid_data = ParallelData(valid_path)
-    references = read_lines(valid_ref)
+    valid_data = ParallelData(valid_path, max_positions=model_cfg.max_positions)
+    references = [read_lines(valid_ref)[i] for i in valid_data.kept]
     batches = train_data.batches(cfg.max_tokens, cfg.seed)
     if rank == 0:
-        log(f"{spec.name}: {count_parameters(student):,} parameters, {len(train_data):,} training pairs "
-            f"({train_data.dropped} longer than {model_cfg.max_positions} tokens dropped), "
-            f"{len(batches)} batches per epoch, method {spec.method.name}")
+        log(f"{spec.name}: {count_parameters(student):,} parameters, {len(train_data):,} training pairs, "
+            f"{len(valid_data):,} validation pairs ({train_data.dropped} and {valid_data.dropped} longer than "
+            f"{model_cfg.max_positions} tokens left out), {len(batches)} batches per epoch, method {spec.method.name}")
 
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -168,13 +169,17 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         _, client = engine.load_checkpoint(str(run_dir), tag=tag)
         progress = Progress(**client["progress"])
         torch.set_rng_state(client["rng"])
+        if torch.cuda.is_available() and "cuda_rng" in client:
+            torch.cuda.set_rng_state(client["cuda_rng"])
         log(f"{spec.name}: resumed from {run_dir / tag} (epoch {progress.epoch}, step {progress.step})")
     else:
         log(f"{spec.name}: new run in {run_dir}")
 
     def save_checkpoint():
-        engine.save_checkpoint(str(run_dir), tag=f"step{progress.step}",
-                               client_state={"progress": progress.__dict__, "rng": torch.get_rng_state()})
+        rng = {"rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng"] = torch.cuda.get_rng_state()
+        engine.save_checkpoint(str(run_dir), tag=f"step{progress.step}", client_state={"progress": progress.__dict__, **rng})
         if rank == 0:
             prune_checkpoints(run_dir, cfg.keep_checkpoints)
 
@@ -218,7 +223,10 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
 
         epoch_done = progress.batches_done >= len(mine)
         bleu = validate(engine.module.student, valid_data, references, sp, spec)
+        # partial: stopped by max_steps inside the epoch (or resumed inside it: then the
+        # loss and speed figures cover only the batches since the resume).
         progress.history.append({"epoch": progress.epoch, "step": progress.step, "valid_bleu": round(bleu, 2),
+                                 "partial": not epoch_done or loss_steps < len(mine),
                                  "train_nll": round(loss_sum / max(loss_steps, 1), 4),
                                  "lr": engine.get_lr()[0], "target_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)})
         if bleu > progress.best_bleu:

@@ -66,6 +66,15 @@ def test_encode_and_batches(tiny_corpus, tmp_path):
     assert ((batch.target == PAD_ID) == ~batch.mask).all()
 
 
+def test_length_filter_keeps_line_numbers(tiny_corpus):
+    full = ParallelData(tiny_corpus["valid"])
+    limit = sorted(max(len(s), len(t)) for s, t in zip(full.src, full.tgt))[len(full) // 2]
+    short = ParallelData(tiny_corpus["valid"], max_positions=limit)
+    assert 0 < len(short) < len(full) and short.dropped == len(full) - len(short)
+    for row, line in enumerate(short.kept):
+        assert short.src[row].equal(full.src[line])
+
+
 def test_encode_refuses_misaligned_corpus_and_leaves_no_output(tiny_corpus, tmp_path):
     short = tmp_path / "short.tgt"
     write_lines(short, read_lines(tiny_corpus["train.tgt"])[:-1])

@@ -59,3 +59,15 @@ def test_pipeline_end_to_end(tmp_path):
     assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "tables": 1, "all": 1}, jobs
     plan = snakemake(tmp_path, config, "--dry-run")
     assert "models/student_a2d/model.safetensors" in plan and "models/student_nokd/model.safetensors" not in plan
+
+
+def test_configfile_replaces_the_default_config(tmp_path):
+    """`--configfile` names the whole experiment: the default's students must not leak in."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    mine = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    mine["students"] = {"only": mine["students"]["student_nokd"]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(mine))
+    plan = snakemake(tmp_path, tmp_path / "mine.yaml", "--dry-run")
+    assert "models/only/model.safetensors" in plan and "student_nokd" not in plan
+    assert planned_jobs(plan)["train"] == 2

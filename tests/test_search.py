@@ -57,3 +57,12 @@ def test_translate_batches_keep_input_order():
     together = translate(model, seqs, cfg)
     one_by_one = [translate(model, [s], cfg)[0] for s in seqs]
     assert together == one_by_one
+
+
+def test_no_empty_output_even_when_the_model_prefers_eos():
+    model = tiny_model(seed=2)
+    with torch.no_grad():
+        model.tgt_embed.weight[EOS_ID] *= 50  # EOS now dominates every step
+    src = sources()
+    for hyps in (greedy_search(model, src, 1.0, 3), beam_search(model, src, 3, 1.0, 1.0, 3)):
+        assert all(len(h) >= 1 for h in hyps)
