@@ -7,6 +7,7 @@ by length ** length_penalty, the length counting the EOS.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +125,17 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
 @torch.no_grad()
 def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> list[list[int]]:
     """Decode encoded sources (each ending in EOS) in length-sorted batches, on the model's device;
-    keeps input order."""
+    keeps input order. A source longer than the model's positions is cut to fit (with a warning):
+    every input line gets an output line."""
     model.eval()
     device = next(model.parameters()).device
+    limit = model.cfg.max_positions
+    too_long = sum(len(s) > limit for s in sources)
+    if too_long:
+        warnings.warn(f"{too_long} of {len(sources)} sources exceed max_positions={limit} tokens; "
+                      f"translating their first {limit - 1} tokens")
+        eos = torch.tensor([EOS_ID])
+        sources = [torch.cat([s[:limit - 1], eos]) if len(s) > limit else s for s in sources]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs: list[list[int]] = [[] for _ in sources]
     for start in range(0, len(order), cfg.batch_size):

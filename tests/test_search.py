@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from a2d.model import EOS_ID
@@ -66,3 +67,11 @@ def test_no_empty_output_even_when_the_model_prefers_eos():
     src = sources()
     for hyps in (greedy_search(model, src, 1.0, 3), beam_search(model, src, 3, 1.0, 1.0, 3)):
         assert all(len(h) >= 1 for h in hyps)
+
+
+def test_overlong_source_is_cut_to_fit_with_a_warning():
+    model = tiny_model(seed=1, max_positions=12)
+    sources_ = [torch.arange(4, 30), torch.tensor([5, 6, EOS_ID])]
+    with pytest.warns(UserWarning, match="1 of 2 sources exceed max_positions=12"):
+        hyps = translate(model, sources_, SearchConfig(beam_size=2, max_len_a=1.0, max_len_b=3))
+    assert len(hyps) == 2 and all(len(h) <= 11 for h in hyps)

@@ -91,3 +91,10 @@ def test_model_loading_is_strict(tmp_path):
     save_file({k: v for k, v in load_file(path).items()}, str(tmp_path / "nometa.safetensors"))
     with pytest.raises(ValueError, match="not an a2d model"):
         load_model(tmp_path / "nometa.safetensors")
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_other_zero_stages_train_and_resume(tiny_corpus, tmp_path, stage):
+    first = run(tiny_corpus, tmp_path, spec(max_steps=2, zero_stage=stage), "z", "z.safetensors")
+    resumed = run(tiny_corpus, tmp_path, spec(max_steps=3, zero_stage=stage), "z", "z.safetensors")
+    assert first["steps"] == 2 and resumed["steps"] == 3 and resumed["run_dir"] == first["run_dir"]
