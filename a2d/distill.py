@@ -1,4 +1,5 @@
-"""What the DeepSpeed engine trains: the student plus any training-only parameters (the AAM).
+"""Training objectives, and what the DeepSpeed engine trains: the student plus any training-only
+parameters (the AAM).
 
 The teacher is not in here: the training loop runs it frozen, outside the engine, and passes its
 output in. `forward` returns the loss to back-propagate and every term for logging.
@@ -12,26 +13,69 @@ import torch
 from torch import Tensor, nn
 
 from a2d import losses
-from a2d.align import AttentionAlignment
+from a2d.align import ATTENTION_TYPES, AttentionAlignment
 from a2d.data import Batch
-from a2d.model import ModelConfig, Seq2SeqOutput, Transformer
+from a2d.model import PAD_ID, ModelConfig, Seq2SeqOutput, Transformer
 
-METHODS = ("none", "a2d")
+METHODS = ("none", "word_kd", "selective_kd", "a2d")
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """How a model is trained: `none` is label-smoothed CE alone (teacher, no-KD student)."""
+    """How a model is trained (method doc, sections 3, 4 and 6).
+
+    none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
+    selective_kd: word_kd on the hardest `selective_fraction` of tokens by student NLL.
+    a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
+    `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
+    of 0 switches that attention type off (encoder-only or decoder-only A2D).
+    """
 
     name: str = "none"
     label_smoothing: float = 0.1
-    alpha: float = 0.5  # weight of word-level KD (a2d)
-    beta: float = 1.0  # scale of the attention term (a2d)
-    gamma: float = 0.9  # per-epoch decay of the attention term (a2d)
+    alpha: float = 0.5  # weight of word-level KD
+    temperature: float = 1.0  # word-level KD (word_kd, selective_kd, corrected a2d)
+    selective_fraction: float = 0.5
+    a2d_mode: str = "faithful"
+    layerwise: bool = False
+    encoder_self: float = 1.0  # A2D weights per attention type
+    decoder_self: float = 0.5
+    decoder_cross: float = 0.5
+    beta: float = 1.0
+    gamma: float = 0.9
+    decay_every: str = "epoch"  # or "step": beta * gamma^(count - 1)
 
     def __post_init__(self):
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
+        if self.a2d_mode not in ("faithful", "corrected"):
+            raise ValueError(f"a2d_mode must be faithful or corrected, not {self.a2d_mode!r}")
+        if self.decay_every not in ("epoch", "step"):
+            raise ValueError(f"decay_every must be epoch or step, not {self.decay_every!r}")
+        if self.name == "a2d" and not self.attention_types:
+            raise ValueError("a2d needs at least one attention type with a positive weight")
+        if not 0.0 < self.selective_fraction <= 1.0:
+            raise ValueError(f"selective_fraction must be in (0, 1], not {self.selective_fraction}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature}")
+
+    @property
+    def attention_types(self) -> tuple[str, ...]:
+        return tuple(name for name in ATTENTION_TYPES if getattr(self, name) > 0)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.attention_types}
+
+    @property
+    def label(self) -> str:
+        """Short description for tables, e.g. "a2d corrected layerwise" or "a2d faithful encoder_self"."""
+        if self.name != "a2d":
+            return self.name
+        parts = ["a2d", self.a2d_mode] + (["layerwise"] if self.layerwise else [])
+        if len(self.attention_types) < len(ATTENTION_TYPES):
+            parts += list(self.attention_types)
+        return " ".join(parts)
 
     @property
     def needs_teacher(self) -> bool:
@@ -52,19 +96,49 @@ class DistillationModule(nn.Module):
         self.method = method
         if method.needs_teacher and teacher_cfg is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
-        self.alignment = AttentionAlignment(student.cfg, teacher_cfg) if method.name == "a2d" else None
+        self.teacher_heads = teacher_cfg.heads if teacher_cfg else None
+        self.alignment = None
+        if method.name == "a2d":
+            self.alignment = AttentionAlignment(student.cfg, teacher_cfg, method.attention_types,
+                                                normalised=method.a2d_mode == "corrected", layerwise=method.layerwise)
 
-    def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int) -> tuple[Tensor, dict[str, float]]:
-        out = self.student(batch.src, batch.prev, return_attention=self.method.needs_attention)
+    def aligned_maps(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput) -> tuple[dict, dict]:
+        """AAM output and teacher maps of each enabled type, head-averaged per layer if layerwise."""
+        types = self.method.attention_types
+        s = {name: m for name, m in student.attention.items() if name in types}
+        t = {name: m for name, m in teacher.attention.items() if name in types}
+        if self.method.layerwise:
+            s = {name: losses.layer_means(m, self.student.cfg.heads) for name, m in s.items()}
+            t = {name: losses.layer_means(m, self.teacher_heads) for name, m in t.items()}
+        return self.alignment(s), t
+
+    def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int, step: int) -> tuple[Tensor, dict[str, float]]:
+        m = self.method
+        out = self.student(batch.src, batch.prev, return_attention=m.needs_attention)
         ntokens = batch.mask.sum()
-        if self.method.name == "none":
-            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, self.method.label_smoothing)
+        if m.name == "none":
+            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
             terms = {"total": ls, "ls": ls, "nll": nll}
+        elif m.name in ("word_kd", "selective_kd"):
+            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
+            kd_mask = batch.mask if m.name == "word_kd" else losses.hardest_tokens(
+                out.logits, batch.target, batch.mask, m.selective_fraction)
+            kd = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
+            terms = {"total": (1.0 - m.alpha) * ls + m.alpha * kd, "ls": ls, "kd": kd, "nll": nll}
         else:
-            terms = losses.a2d_faithful_loss(
-                out.logits, teacher.logits, batch.target, batch.mask, self.alignment(out.attention),
-                teacher.attention, alpha=self.method.alpha, epsilon=self.method.label_smoothing,
-                decay=losses.a2d_decay(self.method.beta, self.method.gamma, epoch))
+            aligned, teacher_maps = self.aligned_maps(out, teacher)
+            decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
+            if m.a2d_mode == "faithful":
+                terms = losses.a2d_faithful_loss(
+                    out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps,
+                    weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
+            else:
+                source_rows = batch.src != PAD_ID
+                query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+                terms = losses.a2d_corrected_loss(
+                    out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
+                    weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature,
+                    decay=decay)
         # Gradient divided by the number of target tokens, as fairseq does.
         loss = terms["total"] / ntokens
         logged = {name: float(value.detach()) for name, value in terms.items()}

@@ -10,10 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from a2d.model import AttentionMaps
-
-# Weights of the attention types in L_att (method doc, section 3).
-A2D_TYPE_WEIGHTS = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
 
 
 def label_smoothed_nll(logits: Tensor, target: Tensor, mask: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
@@ -56,32 +52,92 @@ def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
     return F.kl_div(student_log, teacher_log, log_target=True, reduction="sum")
 
 
-def a2d_faithful_attention_loss(aligned: AttentionMaps, teacher: AttentionMaps) -> dict[str, Tensor]:
-    """Per-type KL terms of faithful A2D; L_att = beta*gamma^(epoch-1) * sum_k w_k * KL_k."""
-    teacher_maps = dict(teacher.items())
-    return {name: flattened_map_kl(mixed, teacher_maps[name]) for name, mixed in aligned.items()}
+def a2d_decay(beta: float, gamma: float, count: int) -> float:
+    """beta * gamma^(count - 1): count is the 1-based epoch (the paper's) or update step."""
+    return beta * gamma ** (count - 1)
 
 
-def a2d_decay(beta: float, gamma: float, epoch: int) -> float:
-    """beta * gamma^(epoch - 1), epochs counted from 1."""
-    return beta * gamma ** (epoch - 1)
+def word_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): tau^2 * KL(q_tau || p_tau) per target
+    token, summed over `mask` (B, T). Logits (B, T, V); the teacher is detached."""
+    teacher_log = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    student_log = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)  # (B, T)
+    return temperature ** 2 * kl[mask].sum()
+
+
+def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """Selective KD (Wang et al. 2021): the `fraction` of real target tokens with the highest student
+    NLL, as a (B, T) bool mask (at least one token when any is real)."""
+    with torch.no_grad():
+        nll = -torch.log_softmax(student_logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        count = int(mask.sum())
+        keep = max(1, round(fraction * count)) if count else 0
+        ranked = nll.masked_fill(~mask, float("-inf")).flatten()
+        chosen = torch.zeros_like(ranked, dtype=torch.bool)
+        chosen[ranked.topk(keep).indices] = True
+    return chosen.view_as(mask) & mask
+
+
+def rowwise_attention_kl(student_mixed: Tensor, teacher_probs: Tensor, query_mask: Tensor) -> Tensor:
+    """Corrected A2D KL for one attention type (method doc, section 4).
+
+    student_mixed (B, C, Q, K): mixed student rows that are valid distributions over keys (the
+    normalised AAM keeps them so); teacher_probs (B, C, Q, K). Masked keys (padding, future
+    positions) hold zero probability on both sides, so they add nothing. query_mask (B, Q) drops
+    padded query rows. Returns sum over b, c and real rows of KL(teacher row || student row).
+    """
+    teacher = teacher_probs.detach().float()
+    student_log = torch.log(student_mixed.float().clamp_min(1e-12))
+    teacher_log = torch.log(teacher.clamp_min(1e-12))
+    kl_rows = (teacher * (teacher_log - student_log)).sum(-1)  # (B, C, Q)
+    return kl_rows.masked_fill(~query_mask[:, None, :], 0.0).sum()
+
+
+def layer_means(maps: Tensor, heads: int) -> Tensor:
+    """Layerwise A2D: average each layer's heads, (B, L*H, Q, K) -> (B, L, Q, K)."""
+    B, C, Q, K = maps.shape
+    return maps.view(B, C // heads, heads, Q, K).mean(2)
 
 
 def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
-                      aligned: AttentionMaps, teacher_maps: AttentionMaps, *, alpha: float,
-                      epsilon: float, decay: float) -> dict[str, Tensor]:
+                      aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], *, weights: dict[str, float],
+                      alpha: float, epsilon: float, decay: float) -> dict[str, Tensor]:
     """The A2D loss as the released code computes it (method doc, section 3).
 
     L_word = sum_{non-pad}[(1-alpha)*l_LS + alpha*l_KD] / (B*T_max)   (a mean over padded positions)
-    L_att  = decay * (KL_enc + 1/2 KL_dself + 1/2 KL_dcross)           (sums over batch and heads)
-    Returns every term and "total" = L_word + L_att; the caller divides the gradient by the
-    number of target tokens, as fairseq does.
+    L_att  = decay * sum_k w_k * KL_k, KL_k = flattened_map_kl       (sums over batch and heads;
+             the paper's weights are 1, 1/2, 1/2 for encoder self, decoder self, decoder cross)
+    `aligned` holds the AAM output of each enabled type. Returns every term and "total" =
+    L_word + L_att; the caller divides the gradient by the number of target tokens, as fairseq does.
     """
     ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
     kd = soft_cross_entropy(student_logits, teacher_logits, mask)
     word = ((1.0 - alpha) * ls + alpha * kd) / target.numel()
-    kls = a2d_faithful_attention_loss(aligned, teacher_maps)
-    attention = decay * sum(A2D_TYPE_WEIGHTS[name] * kl for name, kl in kls.items())
+    kls = {name: flattened_map_kl(mixed, teacher_maps[name]) for name, mixed in aligned.items()}
+    attention = decay * sum(weights[name] * kl for name, kl in kls.items())
+    terms = {"total": word + attention, "word": word, "attention": attention, "nll": nll, "ls": ls, "kd": kd}
+    terms.update({f"kl_{name}": kl for name, kl in kls.items()})
+    return terms
+
+
+def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
+                       aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], query_masks: dict[str, Tensor],
+                       *, weights: dict[str, float], alpha: float, epsilon: float, temperature: float,
+                       decay: float) -> dict[str, Tensor]:
+    """A2D with row-wise distributions (method doc, section 4); every term a sum over target tokens.
+
+    word = sum_{non-pad}[(1-alpha)*l_LS + alpha*tau^2*KL(q_tau || p_tau)]
+    att  = decay * sum_k w_k * rowwise_attention_kl_k / C_k   (per row, averaged over teacher channels)
+    The caller divides "total" by the number of target tokens, so no term depends on batch size.
+    `aligned` must come from the normalised AAM (its rows are distributions).
+    """
+    ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
+    kd = word_kd(student_logits, teacher_logits, mask, temperature)
+    word = (1.0 - alpha) * ls + alpha * kd
+    kls = {name: rowwise_attention_kl(mixed, teacher_maps[name], query_masks[name]) / mixed.size(1)
+           for name, mixed in aligned.items()}
+    attention = decay * sum(weights[name] * kl for name, kl in kls.items())
     terms = {"total": word + attention, "word": word, "attention": attention, "nll": nll, "ls": ls, "kd": kd}
     terms.update({f"kl_{name}": kl for name, kl in kls.items()})
     return terms

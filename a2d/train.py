@@ -203,7 +203,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             if reached_max_steps():
                 break
             batch = train_data.collate(batches[index]).to(engine.device)
-            loss, terms = engine(batch, teacher_forward(teacher, batch, spec.method), progress.epoch)
+            loss, terms = engine(batch, teacher_forward(teacher, batch, spec.method), progress.epoch, progress.step + 1)
             if not math.isfinite(terms["total"]):
                 raise FloatingPointError(f"{spec.name}: loss is {terms['total']} at step {progress.step + 1}; "
                                          "stopping without saving (try a lower lr or clip_norm)")
@@ -243,7 +243,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             progress.epoch, progress.batches_done = progress.epoch + 1, 0
         save_checkpoint()
 
-    result = {"system": spec.name, "method": spec.method.name, "parameters": count_parameters(student),
+    result = {"system": spec.name, "method": spec.method.label, "parameters": count_parameters(student),
               "model": model_cfg.to_dict(), "steps": progress.step, "best_valid_bleu": round(progress.best_bleu, 2),
               "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir)}
     if rank == 0:

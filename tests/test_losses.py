@@ -6,7 +6,6 @@ import torch
 from a2d import losses
 from a2d.align import AttentionAlignment
 from a2d.distill import DistillationModule, MethodConfig, teacher_forward
-from a2d.model import AttentionMaps
 from conftest import random_batch, tiny_model
 
 
@@ -43,8 +42,7 @@ def test_faithful_a2d_loss_by_hand():
     target, mask = torch.tensor([[1]]), torch.tensor([[True]])
     student = {"encoder_self": [0.2, 0.8], "decoder_self": [1.0, 0.0], "decoder_cross": [0.5, 0.5]}
     teacher = {"encoder_self": [0.6, 0.4], "decoder_self": [0.3, 0.7], "decoder_cross": [0.9, 0.1]}
-    as_maps = lambda d: AttentionMaps(*(torch.tensor(d[k]).view(1, 1, 1, 2) for k in  # noqa: E731
-                                        ("encoder_self", "decoder_self", "decoder_cross")))
+    as_maps = lambda d: {k: torch.tensor(v).view(1, 1, 1, 2) for k, v in d.items()}  # noqa: E731
     alpha, eps, decay = 0.5, 0.1, 0.9 ** 2  # epoch 3, gamma 0.9, beta 1
 
     def log_softmax(xs):
@@ -64,7 +62,8 @@ def test_faithful_a2d_loss_by_hand():
                    + 0.5 * kl(student["decoder_self"], teacher["decoder_self"])
                    + 0.5 * kl(student["decoder_cross"], teacher["decoder_cross"]))
     terms = losses.a2d_faithful_loss(s_logits, t_logits, target, mask, as_maps(student), as_maps(teacher),
-                                     alpha=alpha, epsilon=eps, decay=losses.a2d_decay(1.0, 0.9, epoch=3))
+                                     weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
+                                     alpha=alpha, epsilon=eps, decay=losses.a2d_decay(1.0, 0.9, 3))
     assert terms["word"].item() == pytest.approx(word, rel=1e-6)
     assert terms["attention"].item() == pytest.approx(att, rel=1e-6)
     assert terms["total"].item() == pytest.approx(word + att, rel=1e-6)
@@ -72,13 +71,17 @@ def test_faithful_a2d_loss_by_hand():
 
 def test_aam_maps_student_channels_to_teacher_channels():
     student, teacher = tiny_model(encoder_layers=1, decoder_layers=2, heads=2), tiny_model(encoder_layers=3, decoder_layers=3, heads=4, d_model=32)
-    aam = AttentionAlignment(student.cfg, teacher.cfg)
     src, prev = random_batch()
-    aligned = aam(student(src, prev, return_attention=True).attention)
-    assert aligned.encoder_self.shape == (3, 12, 7, 7)
-    assert aligned.decoder_self.shape == (3, 12, 5, 5)
-    assert aligned.decoder_cross.shape == (3, 12, 5, 7)
-    assert aam.encoder_self.weight.shape == (12, 2, 1, 1)
+    maps = dict(student(src, prev, return_attention=True).attention.items())
+    for normalised in (False, True):
+        aam = AttentionAlignment(student.cfg, teacher.cfg, normalised=normalised)
+        aligned = aam(maps)
+        assert aligned["encoder_self"].shape == (3, 12, 7, 7)
+        assert aligned["decoder_self"].shape == (3, 12, 5, 5)
+        assert aligned["decoder_cross"].shape == (3, 12, 5, 7)
+        assert aam.mixers["encoder_self"].weights.shape == (12, 2)
+    # The normalised mix keeps every row a distribution.
+    torch.testing.assert_close(aligned["decoder_cross"].sum(-1), torch.ones(3, 12, 5))
 
 
 def test_gradients_reach_student_and_aam_not_teacher():
@@ -91,7 +94,7 @@ def test_gradients_reach_student_and_aam_not_teacher():
     target = torch.cat([prev[:, 1:], torch.full((3, 1), 3)], dim=1).masked_fill(prev == PAD_ID, PAD_ID)
     batch = Batch(src, prev, target, target != PAD_ID)
     teacher.train()  # even with dropout and grad-enabled parameters, the teacher must get no gradient
-    loss, terms = module(batch, teacher_forward(teacher, batch, module.method), epoch=1)
+    loss, terms = module(batch, teacher_forward(teacher, batch, module.method), epoch=1, step=1)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())

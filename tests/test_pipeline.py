@@ -36,8 +36,9 @@ def test_pipeline_end_to_end(tmp_path):
 
     results = tmp_path / "results" / "tiny"
     table = pd.read_csv(results / "tables" / "results.csv")
-    assert list(table["system"]) == ["teacher", "student_nokd", "student_a2d"]
-    assert list(table["method"]) == ["none", "none", "a2d"]
+    assert list(table["system"]) == ["teacher", "student_nokd", "student_a2d", "student_word_kd",
+                                     "student_a2d_corrected_layerwise"]
+    assert list(table["method"]) == ["none", "none", "a2d faithful", "word_kd", "a2d corrected layerwise"]
     assert table["bleu"].between(0, 100).all() and table["chrf"].between(0, 100).all()
     assert table["bleu_signature"].str.contains("tok:13a").all()
     assert table.loc[0, "parameters"] > table.loc[1, "parameters"] == table.loc[2, "parameters"]

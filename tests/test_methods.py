@@ -1,0 +1,173 @@
+"""Distillation methods: loss invariants and hand-computed values (issue: every method as a switch)."""
+
+import math
+
+import pytest
+import torch
+
+from a2d import losses
+from a2d.align import AttentionAlignment
+from a2d.data import Batch
+from a2d.distill import DistillationModule, MethodConfig, teacher_forward
+from a2d.model import PAD_ID
+from conftest import random_batch, tiny_model
+
+
+def make_batch():
+    src, prev = random_batch()
+    target = torch.cat([prev[:, 1:], torch.full((3, 1), 3)], dim=1).masked_fill(prev == PAD_ID, PAD_ID)
+    return Batch(src, prev, target, target != PAD_ID)
+
+
+def model_maps(model, batch):
+    return dict(model(batch.src, batch.prev, return_attention=True).attention.items())
+
+
+def test_word_kd_by_hand():
+    student = torch.tensor([[[0.0, math.log(3.0)]]])  # p = (1/4, 3/4) at tau = 1
+    teacher = torch.tensor([[[math.log(2.0), 0.0]]])  # q = (2/3, 1/3)
+    tau = 2.0
+    p = [math.exp(0.0 / tau), math.exp(math.log(3.0) / tau)]
+    q = [math.exp(math.log(2.0) / tau), math.exp(0.0 / tau)]
+    p, q = [x / sum(p) for x in p], [x / sum(q) for x in q]
+    expected = tau ** 2 * sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+    got = losses.word_kd(student, teacher, torch.tensor([[True]]), tau)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert losses.word_kd(teacher, teacher, torch.tensor([[True]]), tau).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_selective_kd_keeps_the_hardest_tokens():
+    # Student NLL of the gold token: position 0 easy, 1 hard, 2 medium, 3 padding.
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 9.0]]])
+    target = torch.tensor([[0, 0, 0, 0]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert losses.hardest_tokens(logits, target, mask, 1 / 3).tolist() == [[False, True, False, False]]
+    assert losses.hardest_tokens(logits, target, mask, 2 / 3).tolist() == [[False, True, True, False]]
+    assert losses.hardest_tokens(logits, target, mask, 1.0).tolist() == [[True, True, True, False]]
+
+
+def test_every_kl_is_non_negative():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
+        b = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
+        assert losses.flattened_map_kl(a, b) >= 0
+        assert losses.rowwise_attention_kl(a, b, torch.ones(2, 4, dtype=torch.bool)) >= 0
+
+
+def identity_aligned(maps):
+    """A normalised AAM set to the identity, applied to `maps` (same channel counts)."""
+    model = tiny_model()
+    aam = AttentionAlignment(model.cfg, model.cfg, normalised=True)
+    with torch.no_grad():
+        for mixer in aam.mixers.values():
+            mixer.logits.copy_(1e4 * torch.eye(mixer.logits.size(0)))
+    return aam(maps)
+
+
+def corrected(aligned, teacher_maps, batch, logits):
+    query_masks = {"encoder_self": batch.src != PAD_ID, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+    return losses.a2d_corrected_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
+                                     weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
+                                     alpha=0.5, epsilon=0.1, temperature=1.0, decay=1.0)
+
+
+def test_corrected_attention_term_is_zero_for_equal_maps_and_identity_aam():
+    batch = make_batch()
+    maps = model_maps(tiny_model(seed=3), batch)
+    logits = torch.randn(3, 5, 50)
+    assert corrected(identity_aligned(maps), maps, batch, logits)["attention"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_positions_do_not_change_the_corrected_loss():
+    batch = make_batch()
+    student, teacher = model_maps(tiny_model(seed=1), batch), model_maps(tiny_model(seed=2), batch)
+    logits = torch.randn(3, 5, 50)
+    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=True)
+    base = corrected(aam(student), teacher, batch, logits)["attention"]
+    # Scribble over the rows of padded queries, on both sides.
+    rows = {"encoder_self": batch.src == PAD_ID, "decoder_self": ~batch.mask, "decoder_cross": ~batch.mask}
+    scribbled_s = {k: v.masked_fill(rows[k][:, None, :, None], 0.37) for k, v in student.items()}
+    scribbled_t = {k: v.masked_fill(rows[k][:, None, :, None], 0.11) for k, v in teacher.items()}
+    assert rows["encoder_self"].any() and rows["decoder_self"].any()
+    torch.testing.assert_close(corrected(aam(scribbled_s), scribbled_t, batch, logits)["attention"], base)
+
+
+def attention_term(aligned, teacher_maps, batch, logits, normalised):
+    if normalised:
+        return corrected(aligned, teacher_maps, batch, logits)["attention"]
+    return losses.a2d_faithful_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps,
+                                    weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
+                                    alpha=0.5, epsilon=0.1, decay=1.0)["attention"]
+
+
+@pytest.mark.parametrize("normalised", [False, True], ids=["faithful", "corrected"])
+def test_permuting_student_heads_with_the_aam_columns_leaves_the_loss_unchanged(normalised):
+    batch = make_batch()
+    student, teacher = model_maps(tiny_model(seed=1), batch), model_maps(tiny_model(seed=2), batch)
+    logits = torch.randn(3, 5, 50)
+    torch.manual_seed(0)
+    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=normalised)
+    if normalised:
+        with torch.no_grad():
+            for mixer in aam.mixers.values():
+                mixer.logits.normal_()
+    before = attention_term(aam(student), teacher, batch, logits, normalised)
+    perm = torch.tensor([2, 0, 3, 1])  # the 2 layers x 2 heads of the student, shuffled
+    permuted = {k: v[:, perm] for k, v in student.items()}
+    assert attention_term(aam(permuted), teacher, batch, logits, normalised) != before  # the permutation matters...
+    with torch.no_grad():
+        for mixer in aam.mixers.values():
+            weight = mixer.logits if normalised else mixer.conv.weight
+            weight.copy_(weight[:, perm])
+    # ...until the AAM's input columns are permuted the same way.
+    torch.testing.assert_close(attention_term(aam(permuted), teacher, batch, logits, normalised), before)
+
+
+def test_layerwise_a2d_equals_a2d_on_per_layer_means():
+    batch = make_batch()
+    student_model, teacher_model = tiny_model(seed=1, heads=2), tiny_model(seed=2, heads=4, d_model=32)
+    method = MethodConfig(name="a2d", layerwise=True)
+    module = DistillationModule(student_model, method, teacher_model.cfg)
+    aligned, teacher_maps = module.aligned_maps(student_model(batch.src, batch.prev, return_attention=True),
+                                                teacher_model(batch.src, batch.prev, return_attention=True))
+    # The same, by hand: per-layer means, then the layer-level mixers.
+    s, t = model_maps(student_model, batch), model_maps(teacher_model, batch)
+    for name in aligned:
+        means_s = s[name].view(3, 2, 2, *s[name].shape[2:]).mean(2)
+        means_t = t[name].view(3, 2, 4, *t[name].shape[2:]).mean(2)
+        torch.testing.assert_close(teacher_maps[name], means_t)
+        torch.testing.assert_close(aligned[name], module.alignment.mixers[name](means_s))
+        assert aligned[name].shape[1] == 2  # teacher layers
+
+
+@pytest.mark.parametrize("method", [
+    MethodConfig(name="word_kd", temperature=2.0),
+    MethodConfig(name="selective_kd", selective_fraction=0.5),
+    MethodConfig(name="a2d"),
+    MethodConfig(name="a2d", a2d_mode="corrected", decay_every="step", gamma=0.99),
+    MethodConfig(name="a2d", layerwise=True),
+    MethodConfig(name="a2d", decoder_self=0.0, decoder_cross=0.0),  # encoder-only
+], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only"])
+def test_gradients_reach_student_and_aam_only(method):
+    student, teacher = tiny_model(seed=1, encoder_layers=1, decoder_layers=1), tiny_model(seed=2, heads=4)
+    module = DistillationModule(student, method, teacher.cfg)
+    batch = make_batch()
+    teacher.train()
+    loss, terms = module(batch, teacher_forward(teacher, batch, method), epoch=2, step=5)
+    loss.backward()
+    assert torch.isfinite(loss) and terms["kd"] > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.decoder_layers[0].ffn.fc1.weight.grad.abs().sum() > 0
+    if module.alignment is not None:
+        assert set(module.alignment.mixers) == set(method.attention_types)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())
+
+
+def test_invalid_method_settings_are_refused():
+    with pytest.raises(ValueError, match="at least one attention type"):
+        MethodConfig(name="a2d", encoder_self=0, decoder_self=0, decoder_cross=0)
+    with pytest.raises(ValueError, match="a2d_mode"):
+        MethodConfig(name="a2d", a2d_mode="fixed")
+    with pytest.raises(ValueError, match="selective_fraction"):
+        MethodConfig(name="selective_kd", selective_fraction=0)
