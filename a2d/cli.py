@@ -66,6 +66,18 @@ def cmd_evaluate(args):
     print(result["bleu_detail"], file=sys.stderr)
 
 
+def cmd_shard(args):
+    from a2d.shards import split
+
+    split(args.input, args.outputs)
+
+
+def cmd_merge_shards(args):
+    from a2d.shards import merge
+
+    merge(args.source, args.shard_sources, args.shard_outputs, args.src_output, args.tgt_output)
+
+
 def cmd_tables(args):
     from a2d.tables import write_tables
 
@@ -133,6 +145,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--test-set", required=True)
     s.add_argument("--output", required=True)
     s.set_defaults(run=cmd_evaluate)
+
+    s = sub.add_parser("shard", help="split a text file into contiguous shards for parallel jobs")
+    s.add_argument("--input", required=True)
+    s.add_argument("--outputs", nargs="+", required=True, help="one path per shard, in order")
+    s.set_defaults(run=cmd_shard)
+
+    s = sub.add_parser("merge-shards", help="merge translated shards into a parallel corpus, in order")
+    s.add_argument("--source", required=True, help="the original source file")
+    s.add_argument("--shard-sources", nargs="+", required=True)
+    s.add_argument("--shard-outputs", nargs="+", required=True, help="translations, one file per shard")
+    s.add_argument("--src-output", required=True)
+    s.add_argument("--tgt-output", required=True)
+    s.set_defaults(run=cmd_merge_shards)
 
     s = sub.add_parser("tables", help="aggregate metrics into results.md and results.csv")
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")

@@ -68,6 +68,14 @@ def build(cls, values: dict, where: str):
 
 
 @dataclass(frozen=True)
+class SeqKDConfig:
+    shards: int = 2  # parallel jobs in which the teacher translates the training sources
+
+
+TARGETS = ("reference", "teacher")  # what a system trains on: the references, or Seq-KD output
+
+
+@dataclass(frozen=True)
 class SystemSpec:
     """Everything that decides how one model (teacher or student) is trained."""
 
@@ -75,16 +83,28 @@ class SystemSpec:
     model: dict  # ModelConfig fields except vocab_size, which comes from the subword model
     method: MethodConfig
     training: TrainingConfig
+    targets: str = "reference"
+
+    def __post_init__(self):
+        if self.targets not in TARGETS:
+            raise ConfigError(f"{self.name}.targets: {self.targets!r} is not one of {', '.join(TARGETS)}")
+
+    @property
+    def label(self) -> str:
+        """Method as shown in tables: Seq-KD is a choice of targets that combines with any method."""
+        if self.targets == "reference":
+            return self.method.label
+        return "seq_kd" if self.method.name == "none" else f"seq_kd + {self.method.label}"
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "model": self.model, "method": self.method.to_dict(),
-                           "training": self.training.to_dict()}, sort_keys=True)
+                           "training": self.training.to_dict(), "targets": self.targets}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SystemSpec":
         d = json.loads(text)
         return cls(d["name"], d["model"], build(MethodConfig, d["method"], f"{d['name']}.method"),
-                   build(TrainingConfig, d["training"], f"{d['name']}.training"))
+                   build(TrainingConfig, d["training"], f"{d['name']}.training"), d["targets"])
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return build(ModelConfig, {**self.model, "vocab_size": vocab_size}, f"{self.name}.model")
@@ -109,8 +129,10 @@ def validate_config(config: dict, where: str = "config") -> None:
     for name in systems(config):
         spec = system_spec(config, name)
         spec.model_config(vocab_size=config["sentencepiece"]["vocab_size"])
-    if system_spec(config, "teacher").method.needs_teacher:
-        raise ConfigError(f"{where}: teacher.method: the teacher is trained without distillation (name: none)")
+    teacher = system_spec(config, "teacher")
+    if teacher.method.needs_teacher or teacher.targets != "reference":
+        raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")
+    seq_kd_config(config)
     search_config(config)
 
 
@@ -127,7 +149,12 @@ def system_spec(config: dict, name: str) -> SystemSpec:
         model=dict(entry.get("model", {})),
         method=build(MethodConfig, entry.get("method", {}), f"{name}.method"),
         training=build(TrainingConfig, training, f"{name}.training"),
+        targets=entry.get("targets", "reference"),
     )
+
+
+def seq_kd_config(config: dict) -> SeqKDConfig:
+    return build(SeqKDConfig, config.get("seq_kd", {}), "seq_kd")
 
 
 def search_config(config: dict) -> SearchConfig:

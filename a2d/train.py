@@ -243,7 +243,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             progress.epoch, progress.batches_done = progress.epoch + 1, 0
         save_checkpoint()
 
-    result = {"system": spec.name, "method": spec.method.label, "parameters": count_parameters(student),
+    result = {"system": spec.name, "method": spec.label, "parameters": count_parameters(student),
               "model": model_cfg.to_dict(), "steps": progress.step, "best_valid_bleu": round(progress.best_bleu, 2),
               "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir)}
     if rank == 0:

@@ -37,8 +37,14 @@ def test_pipeline_end_to_end(tmp_path):
     results = tmp_path / "results" / "tiny"
     table = pd.read_csv(results / "tables" / "results.csv")
     assert list(table["system"]) == ["teacher", "student_nokd", "student_a2d", "student_word_kd",
-                                     "student_a2d_corrected_layerwise"]
-    assert list(table["method"]) == ["none", "none", "a2d faithful", "word_kd", "a2d corrected layerwise"]
+                                     "student_a2d_corrected_layerwise", "student_seq_kd"]
+    assert list(table["method"]) == ["none", "none", "a2d faithful", "word_kd", "a2d corrected layerwise", "seq_kd"]
+    # Seq-KD: the teacher's shard translations, merged in order, line for line with the sources.
+    seq_src = (results / "corpus" / "train_seq_kd.src").read_text().splitlines()
+    seq_tgt = (results / "corpus" / "train_seq_kd.tgt").read_text().splitlines()
+    assert seq_src == (results / "corpus" / "train.src").read_text().splitlines() and len(seq_tgt) == 300
+    shards = [(results / "translations" / f"teacher.train_shard{i}.txt").read_text().splitlines() for i in (0, 1)]
+    assert shards[0] + shards[1] == seq_tgt
     assert table["bleu"].between(0, 100).all() and table["chrf"].between(0, 100).all()
     assert table["bleu_signature"].str.contains("tok:13a").all()
     assert table.loc[0, "parameters"] > table.loc[1, "parameters"] == table.loc[2, "parameters"]

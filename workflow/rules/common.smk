@@ -1,4 +1,4 @@
-from a2d.config import search_config, system_spec, systems, validate_config
+from a2d.config import search_config, seq_kd_config, system_spec, systems, validate_config
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
 validate_config(config, "config")
@@ -8,16 +8,25 @@ LOGS = f"logs/{config['experiment']}"
 SYSTEMS = systems(config)
 TEST_SETS = ["test"]
 DECODING = search_config(config)
+# Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
+SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
 
 wildcard_constraints:
     system="|".join(SYSTEMS),
     test_set="|".join(TEST_SETS),
-    split="train|valid|test",
+    source="|".join(TEST_SETS + SEQ_KD_SHARDS),
+    split="train|valid|test|train_seq_kd",
 
 
 def spec_json(wildcards):
     """The system's resolved spec: a param, so editing one system re-runs that system only."""
     return system_spec(config, wildcards.system).to_json()
+
+
+def training_data(wildcards):
+    """The references, or the teacher's translations for students with `targets: teacher`."""
+    split = "train_seq_kd" if system_spec(config, wildcards.system).targets == "teacher" else "train"
+    return f"{RESULTS}/data/{split}.safetensors"
 
 
 def teacher_inputs(wildcards):

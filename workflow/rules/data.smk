@@ -50,3 +50,36 @@ rule encode:
         f"{RESULTS}/benchmarks/encode/{{split}}.tsv"
     shell:
         "python -m a2d encode --spm {input.spm:q} --src {input.src:q} --tgt {input.tgt:q} --output {output:q} 2> {log:q}"
+
+
+rule shard_train_sources:
+    """Sequence-level KD, step 1: split the training sources for parallel teacher translation."""
+    input:
+        f"{RESULTS}/corpus/train.src",
+    output:
+        expand(f"{RESULTS}/corpus/{{shard}}.src", shard=SEQ_KD_SHARDS),
+    log:
+        f"{LOGS}/shard_train_sources.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/shard_train_sources.tsv"
+    shell:
+        "python -m a2d shard --input {input:q} --outputs {output:q} 2> {log:q}"
+
+
+rule merge_seq_kd:
+    """Sequence-level KD, step 3: the teacher's shard translations (rule translate), merged in order
+    into the corpus the Seq-KD students train on."""
+    input:
+        source=f"{RESULTS}/corpus/train.src",
+        shard_sources=expand(f"{RESULTS}/corpus/{{shard}}.src", shard=SEQ_KD_SHARDS),
+        shard_outputs=expand(f"{RESULTS}/translations/teacher.{{shard}}.txt", shard=SEQ_KD_SHARDS),
+    output:
+        src=f"{RESULTS}/corpus/train_seq_kd.src",
+        tgt=f"{RESULTS}/corpus/train_seq_kd.tgt",
+    log:
+        f"{LOGS}/merge_seq_kd.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_seq_kd.tsv"
+    shell:
+        "python -m a2d merge-shards --source {input.source:q} --shard-sources {input.shard_sources:q}"
+        " --shard-outputs {input.shard_outputs:q} --src-output {output.src:q} --tgt-output {output.tgt:q} 2> {log:q}"

@@ -1,10 +1,11 @@
 rule translate:
+    """A system translates a corpus file: a test set, or a shard of training sources (Seq-KD)."""
     input:
         model=f"{RESULTS}/models/{{system}}/model.safetensors",
         spm=f"{RESULTS}/spm/spm.model",
-        src=f"{RESULTS}/corpus/{{test_set}}.src",
+        src=f"{RESULTS}/corpus/{{source}}.src",
     output:
-        f"{RESULTS}/translations/{{system}}.{{test_set}}.txt",
+        f"{RESULTS}/translations/{{system}}.{{source}}.txt",
     params:
         beam_size=DECODING.beam_size,
         length_penalty=DECODING.length_penalty,
@@ -12,9 +13,9 @@ rule translate:
         max_len_b=DECODING.max_len_b,
         batch_size=DECODING.batch_size,
     log:
-        f"{LOGS}/translate/{{system}}.{{test_set}}.log",
+        f"{LOGS}/translate/{{system}}.{{source}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/translate/{{system}}.{{test_set}}.tsv"
+        f"{RESULTS}/benchmarks/translate/{{system}}.{{source}}.tsv"
     shell:
         "python -m a2d translate --model {input.model:q} --spm {input.spm:q} --input {input.src:q}"
         " --output {output:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"

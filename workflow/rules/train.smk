@@ -3,7 +3,7 @@ rule train:
     param, not an output, so that Snakemake never deletes it and a re-run resumes from it."""
     input:
         unpack(teacher_inputs),
-        train=f"{RESULTS}/data/train.safetensors",
+        train=training_data,
         valid=f"{RESULTS}/data/valid.safetensors",
         valid_ref=f"{RESULTS}/corpus/valid.tgt",
         spm=f"{RESULTS}/spm/spm.model",
