@@ -126,9 +126,15 @@ def validate_config(config: dict, where: str = "config") -> None:
     except jsonschema.ValidationError as err:
         location = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"{where}: at {location}: {err.message}") from None
+    vocab = config["sentencepiece"]["vocab_size"]
+    teacher_shape = system_spec(config, "teacher").model_config(vocab)
     for name in systems(config):
         spec = system_spec(config, name)
-        spec.model_config(vocab_size=config["sentencepiece"]["vocab_size"])
+        shape = spec.model_config(vocab)
+        try:
+            spec.method.check_fits(shape, teacher_shape)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {name}: method {spec.method.name}: {err}") from None
     teacher = system_spec(config, "teacher")
     if teacher.method.needs_teacher or teacher.targets != "reference":
         raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")

@@ -17,7 +17,8 @@ from a2d.align import ATTENTION_TYPES, AttentionAlignment
 from a2d.data import Batch
 from a2d.model import PAD_ID, ModelConfig, Seq2SeqOutput, Transformer
 
-METHODS = ("none", "word_kd", "selective_kd", "a2d")
+METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd")
+FEATURE_METHODS = ("pkd", "alp_kd")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class MethodConfig:
 
     none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
     selective_kd: word_kd on the hardest `selective_fraction` of tokens by student NLL.
+    pkd, alp_kd: word_kd plus `feature_weight` x a hidden-state loss over encoder and decoder layers
+    (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers).
     a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
     `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
     of 0 switches that attention type off (encoder-only or decoder-only A2D).
@@ -44,6 +47,8 @@ class MethodConfig:
     beta: float = 1.0
     gamma: float = 0.9
     decay_every: str = "epoch"  # or "step": beta * gamma^(count - 1)
+    feature_weight: float = 1.0  # pkd, alp_kd
+    pkd_mapping: str = "skip"
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -58,6 +63,16 @@ class MethodConfig:
             raise ValueError(f"selective_fraction must be in (0, 1], not {self.selective_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, not {self.temperature}")
+        if self.pkd_mapping not in ("skip", "last"):
+            raise ValueError(f"pkd_mapping must be skip or last, not {self.pkd_mapping!r}")
+
+    def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
+        """Refuse, before training, a method that cannot work with these shapes."""
+        if student.vocab_size != teacher.vocab_size:
+            raise ValueError(f"student vocabulary {student.vocab_size} != teacher vocabulary {teacher.vocab_size}")
+        if self.name == "pkd":
+            losses.pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.pkd_mapping)
+            losses.pkd_layer_map(student.decoder_layers, teacher.decoder_layers, self.pkd_mapping)
 
     @property
     def attention_types(self) -> tuple[str, ...]:
@@ -85,6 +100,10 @@ class MethodConfig:
     def needs_attention(self) -> bool:
         return self.name == "a2d"
 
+    @property
+    def needs_hidden(self) -> bool:
+        return self.name in FEATURE_METHODS
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -96,11 +115,31 @@ class DistillationModule(nn.Module):
         self.method = method
         if method.needs_teacher and teacher_cfg is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
+        if teacher_cfg is not None:
+            method.check_fits(student.cfg, teacher_cfg)
+        self.teacher_cfg = teacher_cfg
         self.teacher_heads = teacher_cfg.heads if teacher_cfg else None
         self.alignment = None
         if method.name == "a2d":
             self.alignment = AttentionAlignment(student.cfg, teacher_cfg, method.attention_types,
                                                 normalised=method.a2d_mode == "corrected", layerwise=method.layerwise)
+        self.projection = None  # student width -> teacher width for feature losses, training-only
+        if method.needs_hidden and student.cfg.d_model != teacher_cfg.d_model:
+            self.projection = nn.Linear(student.cfg.d_model, teacher_cfg.d_model, bias=False)
+
+    def feature_loss(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch) -> Tensor:
+        """PKD or ALP-KD over the encoder layers (source positions) and decoder layers (target positions)."""
+        project = self.projection or (lambda x: x)
+        total = 0.0
+        for s_states, t_states, mask in ((student.hidden.encoder, teacher.hidden.encoder, batch.src != PAD_ID),
+                                         (student.hidden.decoder, teacher.hidden.decoder, batch.mask)):
+            s_states = [project(s) for s in s_states]
+            if self.method.name == "pkd":
+                layer_map = losses.pkd_layer_map(len(s_states), len(t_states), self.method.pkd_mapping)
+                total = total + losses.pkd_loss(s_states, t_states, layer_map, mask)
+            else:
+                total = total + losses.alp_kd_loss(s_states, t_states, mask)
+        return total
 
     def aligned_maps(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput) -> tuple[dict, dict]:
         """AAM output and teacher maps of each enabled type, head-averaged per layer if layerwise."""
@@ -114,17 +153,20 @@ class DistillationModule(nn.Module):
 
     def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int, step: int) -> tuple[Tensor, dict[str, float]]:
         m = self.method
-        out = self.student(batch.src, batch.prev, return_attention=m.needs_attention)
+        out = self.student(batch.src, batch.prev, return_attention=m.needs_attention, return_hidden=m.needs_hidden)
         ntokens = batch.mask.sum()
         if m.name == "none":
             ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
             terms = {"total": ls, "ls": ls, "nll": nll}
-        elif m.name in ("word_kd", "selective_kd"):
+        elif m.name in ("word_kd", "selective_kd", *FEATURE_METHODS):
             ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
-            kd_mask = batch.mask if m.name == "word_kd" else losses.hardest_tokens(
+            kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
                 out.logits, batch.target, batch.mask, m.selective_fraction)
             kd = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
             terms = {"total": (1.0 - m.alpha) * ls + m.alpha * kd, "ls": ls, "kd": kd, "nll": nll}
+            if m.needs_hidden:
+                terms["feature"] = self.feature_loss(out, teacher, batch)
+                terms["total"] = terms["total"] + m.feature_weight * terms["feature"]
         else:
             aligned, teacher_maps = self.aligned_maps(out, teacher)
             decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
@@ -151,4 +193,4 @@ def teacher_forward(teacher: Transformer, batch: Batch, method: MethodConfig) ->
     """The frozen teacher on the same batch, teacher-forced with the gold prefix (eval mode)."""
     if not method.needs_teacher:
         return None
-    return teacher(batch.src, batch.prev, return_attention=method.needs_attention)
+    return teacher(batch.src, batch.prev, return_attention=method.needs_attention, return_hidden=method.needs_hidden)

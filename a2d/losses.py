@@ -141,3 +141,41 @@ def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: T
     terms = {"total": word + attention, "word": word, "attention": attention, "nll": nll, "ls": ls, "kd": kd}
     terms.update({f"kl_{name}": kl for name, kl in kls.items()})
     return terms
+
+
+def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> list[int]:
+    """PKD (Sun et al. 2019): the teacher layer (0-based) each student layer learns from.
+    skip: evenly spaced, ending at the top layer; last: the top `student_layers` layers."""
+    if student_layers > teacher_layers:
+        raise ValueError(f"PKD maps each of {student_layers} student layers to a distinct teacher layer, "
+                         f"but the teacher has only {teacher_layers}")
+    if strategy == "skip":
+        return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+    return list(range(teacher_layers - student_layers, teacher_layers))
+
+
+def pkd_loss(student: list[Tensor], teacher: list[Tensor], layer_map: list[int], mask: Tensor) -> Tensor:
+    """Patient KD: sum over student layers i and real positions of
+    || s_i/|s_i| - t_m(i)/|t_m(i)| ||^2. States (B, N, D), the student's already projected to the
+    teacher's width; mask (B, N)."""
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t_index in zip(student, layer_map):
+        s_unit = torch.nn.functional.normalize(s.float(), dim=-1)
+        t_unit = torch.nn.functional.normalize(teacher[t_index].detach().float(), dim=-1)
+        total = total + ((s_unit - t_unit) ** 2).sum(-1)[mask].sum()
+    return total
+
+
+def alp_kd_loss(student: list[Tensor], teacher: list[Tensor], mask: Tensor) -> Tensor:
+    """ALP-KD (Passban et al. 2021): each student layer matches, per position, an attention-weighted
+    sum of all teacher layers, weights softmax_j(s_i . t_j / sqrt(D)) (scaled, unlike the paper's raw
+    dot product, so that the softmax does not saturate); squared error summed over real positions.
+    States (B, N, D) with the student's projected to the teacher's width; mask (B, N)."""
+    stacked = torch.stack([t.detach().float() for t in teacher], dim=2)  # (B, N, L_T, D)
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s in student:
+        s = s.float()
+        weights = torch.softmax((stacked @ s.unsqueeze(-1)).squeeze(-1) / s.size(-1) ** 0.5, dim=-1)  # (B, N, L_T)
+        target = (weights.unsqueeze(-1) * stacked).sum(2)  # (B, N, D)
+        total = total + ((s - target) ** 2).sum(-1)[mask].sum()
+    return total

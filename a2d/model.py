@@ -58,9 +58,18 @@ class AttentionMaps:
 
 
 @dataclass
+class HiddenStates:
+    """Output of every layer (feature-based distillation), bottom layer first."""
+
+    encoder: list[Tensor]  # L_enc x (B, S, D)
+    decoder: list[Tensor]  # L_dec x (B, T, D)
+
+
+@dataclass
 class Seq2SeqOutput:
     logits: Tensor  # (B, T, V)
     attention: AttentionMaps | None = None
+    hidden: HiddenStates | None = None
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -185,6 +194,7 @@ class EncoderOutput:
     hidden: Tensor  # (B, S, D)
     key_mask: Tensor  # (B, 1, 1, S) bool, True at real source tokens
     attention: list[Tensor]  # per layer (B, H, S, S); empty unless asked
+    layers: list[Tensor]  # per layer output (B, S, D)
 
 
 @dataclass
@@ -238,31 +248,34 @@ class Transformer(nn.Module):
         """src_tokens (B, S), right-padded with PAD_ID."""
         key_mask = (src_tokens != PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
         x = self.embed(self.src_embed, src_tokens)
-        maps = []
+        maps, layers = [], []
         for layer in self.encoder_layers:
             x, probs = layer(x, key_mask, return_attention)
+            layers.append(x)
             if return_attention:
                 maps.append(probs)
-        return EncoderOutput(self.encoder_norm(x), key_mask, maps)
+        return EncoderOutput(self.encoder_norm(x), key_mask, maps, layers)
 
-    def forward(self, src_tokens: Tensor, prev_tokens: Tensor, return_attention: bool = False) -> Seq2SeqOutput:
+    def forward(self, src_tokens: Tensor, prev_tokens: Tensor, return_attention: bool = False,
+                return_hidden: bool = False) -> Seq2SeqOutput:
         """Teacher-forced pass. src_tokens (B, S); prev_tokens (B, T) = BOS + target[:-1]."""
         enc = self.encode(src_tokens, return_attention)
         x = self.embed(self.tgt_embed, prev_tokens)
         T = prev_tokens.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
-        self_maps, cross_maps = [], []
+        self_maps, cross_maps, decoder_layers = [], [], []
         for layer in self.decoder_layers:
             cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
             x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask, return_attention)
+            decoder_layers.append(x)
             if return_attention:
                 self_maps.append(self_probs)
                 cross_maps.append(cross_probs)
         logits = self.decoder_norm(x) @ self.tgt_embed.weight.t()  # (B, T, V)
-        if not return_attention:
-            return Seq2SeqOutput(logits)
         stack = lambda maps: torch.cat(maps, dim=1)  # noqa: E731  L x (B, H, Q, K) -> (B, L*H, Q, K)
-        return Seq2SeqOutput(logits, AttentionMaps(stack(enc.attention), stack(self_maps), stack(cross_maps)))
+        attention = AttentionMaps(stack(enc.attention), stack(self_maps), stack(cross_maps)) if return_attention else None
+        hidden = HiddenStates(enc.layers, decoder_layers) if return_hidden else None
+        return Seq2SeqOutput(logits, attention, hidden)
 
     # Incremental decoding (beam search): one target position at a time with a key/value cache.
 

@@ -148,9 +148,12 @@ def test_layerwise_a2d_equals_a2d_on_per_layer_means():
     MethodConfig(name="a2d", a2d_mode="corrected", decay_every="step", gamma=0.99),
     MethodConfig(name="a2d", layerwise=True),
     MethodConfig(name="a2d", decoder_self=0.0, decoder_cross=0.0),  # encoder-only
-], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only"])
-def test_gradients_reach_student_and_aam_only(method):
-    student, teacher = tiny_model(seed=1, encoder_layers=1, decoder_layers=1), tiny_model(seed=2, heads=4)
+    MethodConfig(name="pkd", pkd_mapping="skip"),
+    MethodConfig(name="alp_kd"),
+], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only", "pkd", "alp_kd"])
+def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
+    student = tiny_model(seed=1, encoder_layers=1, decoder_layers=1)
+    teacher = tiny_model(seed=2, heads=4, d_model=32, ffn=64)  # wider: feature methods need a projection
     module = DistillationModule(student, method, teacher.cfg)
     batch = make_batch()
     teacher.train()
@@ -162,6 +165,8 @@ def test_gradients_reach_student_and_aam_only(method):
     if module.alignment is not None:
         assert set(module.alignment.mixers) == set(method.attention_types)
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())
+    if method.needs_hidden:
+        assert terms["feature"] > 0 and module.projection.weight.grad.abs().sum() > 0
 
 
 def test_invalid_method_settings_are_refused():
@@ -171,3 +176,45 @@ def test_invalid_method_settings_are_refused():
         MethodConfig(name="a2d", a2d_mode="fixed")
     with pytest.raises(ValueError, match="selective_fraction"):
         MethodConfig(name="selective_kd", selective_fraction=0)
+
+
+def test_pkd_layer_maps():
+    assert losses.pkd_layer_map(3, 6, "skip") == [1, 3, 5]
+    assert losses.pkd_layer_map(3, 6, "last") == [3, 4, 5]
+    assert losses.pkd_layer_map(1, 6, "skip") == [5]
+    with pytest.raises(ValueError, match="only 2"):
+        losses.pkd_layer_map(3, 2, "skip")
+
+
+def test_pkd_loss_by_hand():
+    # One position, 2-d states: student (3, 4) -> (0.6, 0.8); teacher layer 1 (1, 0).
+    student = [torch.tensor([[[3.0, 4.0]]])]
+    teacher = [torch.tensor([[[0.0, 5.0]]]), torch.tensor([[[2.0, 0.0]]])]
+    mask = torch.tensor([[True]])
+    assert losses.pkd_loss(student, teacher, [1], mask).item() == pytest.approx((0.6 - 1) ** 2 + 0.8 ** 2)
+    assert losses.pkd_loss(student, teacher, [0], mask).item() == pytest.approx(0.6 ** 2 + (0.8 - 1) ** 2)
+    assert losses.pkd_loss([teacher[1] * 7], teacher, [1], mask).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_alp_kd_loss_by_hand():
+    s = torch.tensor([[[1.0, 0.0]]])
+    t1, t2 = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]])
+    w1 = math.exp(2 / math.sqrt(2)) / (math.exp(2 / math.sqrt(2)) + math.exp(0.0))
+    target = [2 * w1, 2 * (1 - w1)]
+    expected = (1 - target[0]) ** 2 + (0 - target[1]) ** 2
+    got = losses.alp_kd_loss([s], [t1, t2], torch.tensor([[True]]))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pkd_student_deeper_than_teacher_fails_at_config_time():
+    from pathlib import Path
+
+    import yaml
+
+    from a2d.config import ConfigError, validate_config
+
+    config = yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text())
+    config["students"]["deep"] = {"model": {"encoder_layers": 3, "decoder_layers": 1, "d_model": 16, "heads": 2},
+                                  "method": {"name": "pkd"}}
+    with pytest.raises(ConfigError, match="deep: method pkd: PKD maps each of 3 student layers .* only 2"):
+        validate_config(config)
