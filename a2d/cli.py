@@ -78,10 +78,22 @@ def cmd_merge_shards(args):
     merge(args.source, args.shard_sources, args.shard_outputs, args.src_output, args.tgt_output)
 
 
+def cmd_plot_training(args):
+    from a2d.figures import plot_training
+
+    plot_training(args.summary, args.output)
+
+
+def cmd_plot_alignment(args):
+    from a2d.figures import plot_alignment
+
+    plot_alignment(args.summary, args.output)
+
+
 def cmd_tables(args):
     from a2d.tables import write_tables
 
-    write_tables(args.metrics, args.summaries, args.markdown, args.csv)
+    write_tables(args.metrics, args.summaries, args.markdown, args.csv, args.figures)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,11 +171,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tgt-output", required=True)
     s.set_defaults(run=cmd_merge_shards)
 
+    for name, run, what in (("plot-training", cmd_plot_training, "training curves of every loss term"),
+                            ("plot-alignment", cmd_plot_alignment, "the AAM's learned weights as heatmaps")):
+        s = sub.add_parser(name, help=f"PNG of {what}, from a training summary")
+        s.add_argument("--summary", required=True, help="train.json written by `train`")
+        s.add_argument("--output", required=True, help=".png")
+        s.set_defaults(run=run)
+
     s = sub.add_parser("tables", help="aggregate metrics into results.md and results.csv")
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
     s.add_argument("--markdown", required=True)
     s.add_argument("--csv", required=True)
+    s.add_argument("--figures", nargs="*", default=[], help="PNG files to link, named <system>.<kind>.png")
     s.set_defaults(run=cmd_tables)
     return p
 

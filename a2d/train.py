@@ -92,6 +92,7 @@ class Progress:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list = field(default_factory=list)  # one dict per epoch
+    best_alignment: dict = field(default_factory=dict)  # AAM mixing weights at the best epoch
 
 
 # Settings that say when to stop or how to keep checkpoints but do not change the training
@@ -109,6 +110,17 @@ def run_digest(spec: SystemSpec, inputs: list[str]) -> str:
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:12]
+
+
+def alignment_weights(module: DistillationModule) -> dict:
+    """The AAM's (teacher channels x student channels) mixing weights per attention type, with the
+    heads per channel group, for figures; empty without an AAM."""
+    if module.alignment is None:
+        return {}
+    per_layer = lambda heads: 1 if module.method.layerwise else heads  # noqa: E731
+    return {"student_heads_per_layer": per_layer(module.student.cfg.heads),
+            "teacher_heads_per_layer": per_layer(module.teacher_heads),
+            "weights": {name: mixer.weights.detach().cpu().tolist() for name, mixer in module.alignment.mixers.items()}}
 
 
 def validate(model: Transformer, data: ParallelData, references: list[str], sp, spec: SystemSpec) -> float:
@@ -198,7 +210,8 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         bar = tqdm(total=len(mine), initial=progress.batches_done, desc=f"{spec.name} epoch {progress.epoch}",
                    disable=not progress_bar or rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0,
                    dynamic_ncols=True)
-        started, tokens, loss_sum, loss_steps = time.perf_counter(), 0, 0.0, 0
+        started, tokens, loss_steps = time.perf_counter(), 0, 0
+        term_sums: dict[str, float] = {}  # per-token loss terms, summed over this epoch's steps
         for index in mine[progress.batches_done:]:
             if reached_max_steps():
                 break
@@ -212,7 +225,10 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             progress.step += 1
             progress.batches_done += 1
             tokens += batch.target_tokens
-            loss_sum, loss_steps = loss_sum + terms["nll_per_token"], loss_steps + 1
+            loss_steps += 1
+            for name, value in terms.items():
+                per_token = value if name == "nll_per_token" else value / batch.target_tokens
+                term_sums[name] = term_sums.get(name, 0.0) + per_token
             bar.update(1)
             bar.set_postfix(loss=f"{terms['total'] / batch.target_tokens:.3f}",
                             tok_s=f"{tokens / (time.perf_counter() - started):.0f}", refresh=False)
@@ -227,10 +243,13 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         # loss and speed figures cover only the batches since the resume).
         progress.history.append({"epoch": progress.epoch, "step": progress.step, "valid_bleu": round(bleu, 2),
                                  "partial": not epoch_done or loss_steps < len(mine),
-                                 "train_nll": round(loss_sum / max(loss_steps, 1), 4),
+                                 "train_nll": round(term_sums.get("nll_per_token", 0.0) / max(loss_steps, 1), 4),
+                                 "terms_per_token": {k: round(v / max(loss_steps, 1), 6) for k, v in term_sums.items()
+                                                     if k != "nll_per_token"},
                                  "lr": engine.get_lr()[0], "target_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)})
         if bleu > progress.best_bleu:
             progress.best_bleu, progress.best_epoch, progress.bad_epochs = bleu, progress.epoch, 0
+            progress.best_alignment = alignment_weights(engine.module)
             if rank == 0:
                 save_model(best_path, engine.module.student)
         else:
@@ -245,7 +264,8 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
 
     result = {"system": spec.name, "method": spec.label, "parameters": count_parameters(student),
               "model": model_cfg.to_dict(), "steps": progress.step, "best_valid_bleu": round(progress.best_bleu, 2),
-              "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir)}
+              "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir),
+              "alignment": progress.best_alignment}
     if rank == 0:
         shutil.copyfile(best_path, f"{output}.tmp")
         os.replace(f"{output}.tmp", output)

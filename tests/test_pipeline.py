@@ -49,7 +49,11 @@ def test_pipeline_end_to_end(tmp_path):
     assert table["bleu"].between(0, 100).all() and table["chrf"].between(0, 100).all()
     assert table["bleu_signature"].str.contains("tok:13a").all()
     assert table.loc[0, "parameters"] > table.loc[1, "parameters"] == table.loc[2, "parameters"]
-    assert "student_a2d" in (results / "tables" / "results.md").read_text()
+    markdown = (results / "tables" / "results.md").read_text()
+    assert "[aam](../figures/student_a2d.aam.png)" in markdown and "[curves](../figures/teacher.curves.png)" in markdown
+    for system in ("student_a2d", "student_a2d_corrected_layerwise"):
+        assert (results / "figures" / f"{system}.aam.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (results / "figures" / "student_nokd.aam.png").exists()
     for system in table["system"]:
         hyps = (results / "translations" / f"{system}.test.txt").read_text().splitlines()
         assert len(hyps) == 20
@@ -59,12 +63,13 @@ def test_pipeline_end_to_end(tmp_path):
     # A finished run has nothing left to do.
     assert "Nothing to be done" in snakemake(tmp_path, config, "--dry-run")
 
-    # Changing one student's setting re-runs that student, its evaluation and the table only.
+    # Changing one student's setting re-runs that student, its evaluation, figures and the table only.
     edited = yaml.safe_load(config.read_text())
     edited["students"]["student_a2d"]["method"]["alpha"] = 0.3
     config.write_text(yaml.safe_dump(edited))
     jobs = planned_jobs(snakemake(tmp_path, config, "--dry-run"))
-    assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "tables": 1, "all": 1}, jobs
+    assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "plot_training": 1, "plot_alignment": 1,
+                    "tables": 1, "all": 1}, jobs
     plan = snakemake(tmp_path, config, "--dry-run")
     assert "models/student_a2d/model.safetensors" in plan and "models/student_nokd/model.safetensors" not in plan
 

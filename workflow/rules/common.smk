@@ -10,9 +10,11 @@ TEST_SETS = ["test"]
 DECODING = search_config(config)
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
+A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:
     system="|".join(SYSTEMS),
+    a2d_system="|".join(A2D_SYSTEMS) or "(?!)",
     test_set="|".join(TEST_SETS),
     source="|".join(TEST_SETS + SEQ_KD_SHARDS),
     split="train|valid|test|train_seq_kd",

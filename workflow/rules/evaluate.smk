@@ -38,10 +38,34 @@ rule evaluate:
         " --test-set {wildcards.test_set:q} --output {output:q} 2> {log:q}"
 
 
+rule plot_training:
+    input:
+        f"{RESULTS}/models/{{system}}/train.json",
+    output:
+        f"{RESULTS}/figures/{{system}}.curves.png",
+    log:
+        f"{LOGS}/plot_training/{{system}}.log",
+    shell:
+        "python -m a2d plot-training --summary {input:q} --output {output:q} 2> {log:q}"
+
+
+rule plot_alignment:
+    input:
+        f"{RESULTS}/models/{{a2d_system}}/train.json",
+    output:
+        f"{RESULTS}/figures/{{a2d_system}}.aam.png",
+    log:
+        f"{LOGS}/plot_alignment/{{a2d_system}}.log",
+    shell:
+        "python -m a2d plot-alignment --summary {input:q} --output {output:q} 2> {log:q}"
+
+
 rule tables:
     input:
         metrics=expand(f"{RESULTS}/metrics/{{system}}.{{test_set}}.json", system=SYSTEMS, test_set=TEST_SETS),
         summaries=expand(f"{RESULTS}/models/{{system}}/train.json", system=SYSTEMS),
+        figures=expand(f"{RESULTS}/figures/{{system}}.curves.png", system=SYSTEMS)
+        + expand(f"{RESULTS}/figures/{{system}}.aam.png", system=A2D_SYSTEMS),
     output:
         markdown=f"{RESULTS}/tables/results.md",
         csv=f"{RESULTS}/tables/results.csv",
@@ -51,4 +75,4 @@ rule tables:
         f"{RESULTS}/benchmarks/tables.tsv"
     shell:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
-        " --markdown {output.markdown:q} --csv {output.csv:q} 2> {log:q}"
+        " --figures {input.figures:q} --markdown {output.markdown:q} --csv {output.csv:q} 2> {log:q}"

@@ -1,0 +1,29 @@
+import pytest
+
+from a2d.figures import plot_alignment, plot_training
+from a2d.files import InputError, write_json
+
+
+def summary(alignment):
+    history = [{"epoch": e, "valid_bleu": 10.0 * e, "terms_per_token": {"ls": 3.0 / e, "attention": 0.1 / e}}
+               for e in (1, 2, 3)]
+    return {"system": "s", "method": "a2d faithful", "best_epoch": 3, "history": history, "alignment": alignment}
+
+
+def test_figures_are_written_as_png(tmp_path):
+    weights = {"encoder_self": [[0.1 * (i + j) for j in range(4)] for i in range(8)],
+               "decoder_cross": [[0.0] * 4 for _ in range(8)]}
+    write_json(tmp_path / "train.json", summary({"student_heads_per_layer": 2, "teacher_heads_per_layer": 4,
+                                                 "weights": weights}))
+    plot_alignment(str(tmp_path / "train.json"), str(tmp_path / "aam.png"))
+    plot_training(str(tmp_path / "train.json"), str(tmp_path / "curves.png"))
+    for name in ("aam.png", "curves.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 10_000
+
+
+def test_alignment_figure_needs_an_aam(tmp_path):
+    write_json(tmp_path / "train.json", summary({}))
+    with pytest.raises(InputError, match="has no attention alignment module"):
+        plot_alignment(str(tmp_path / "train.json"), str(tmp_path / "aam.png"))
+    assert not (tmp_path / "aam.png").exists()
