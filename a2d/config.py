@@ -55,6 +55,16 @@ class TrainingConfig:
         return asdict(self)
 
 
+def non_default(obj) -> dict:
+    """The fields of dataclass `obj` whose values differ from their defaults."""
+    changed = {}
+    for f in dataclasses.fields(obj):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(obj, f.name) != default:
+            changed[f.name] = getattr(obj, f.name)
+    return changed
+
+
 def build(cls, values: dict, where: str):
     """Construct dataclass `cls` from `values`; unknown keys and bad values name `where`."""
     known = {f.name for f in dataclasses.fields(cls)}
@@ -97,8 +107,10 @@ class SystemSpec:
         return "seq_kd" if self.method.name == "none" else f"seq_kd + {self.method.label}"
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "model": self.model, "method": self.method.to_dict(),
-                           "training": self.training.to_dict(), "targets": self.targets}, sort_keys=True)
+        """Only what differs from the defaults: adding an option (with a default) to a2d then
+        changes no existing spec, so it neither re-runs Snakemake jobs nor restarts resumable runs."""
+        return json.dumps({"name": self.name, "model": self.model, "method": non_default(self.method),
+                           "training": non_default(self.training), "targets": self.targets}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SystemSpec":

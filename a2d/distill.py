@@ -17,8 +17,8 @@ from a2d.align import ATTENTION_TYPES, AttentionAlignment
 from a2d.data import Batch
 from a2d.model import PAD_ID, ModelConfig, Seq2SeqOutput, Transformer
 
-METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd")
-FEATURE_METHODS = ("pkd", "alp_kd")
+METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd", "minilm")
+FEATURE_METHODS = ("pkd", "alp_kd", "minilm")
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class MethodConfig:
 
     none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
     selective_kd: word_kd on the hardest `selective_fraction` of tokens by student NLL.
-    pkd, alp_kd: word_kd plus `feature_weight` x a hidden-state loss over encoder and decoder layers
-    (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers).
+    pkd, alp_kd, minilm: word_kd plus `feature_weight` x a feature loss over encoder and decoder:
+    hidden states (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers) or the last
+    self-attention layer's query, key and value relations (MiniLMv2, `relation_heads`).
     a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
     `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
     of 0 switches that attention type off (encoder-only or decoder-only A2D).
@@ -49,6 +50,7 @@ class MethodConfig:
     decay_every: str = "epoch"  # or "step": beta * gamma^(count - 1)
     feature_weight: float = 1.0  # pkd, alp_kd
     pkd_mapping: str = "skip"
+    relation_heads: int = 4  # minilm
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -73,6 +75,10 @@ class MethodConfig:
         if self.name == "pkd":
             losses.pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.pkd_mapping)
             losses.pkd_layer_map(student.decoder_layers, teacher.decoder_layers, self.pkd_mapping)
+        if self.name == "minilm":
+            for who, cfg in (("student", student), ("teacher", teacher)):
+                if cfg.d_model % self.relation_heads:
+                    raise ValueError(f"{who} d_model {cfg.d_model} is not divisible by relation_heads {self.relation_heads}")
 
     @property
     def attention_types(self) -> tuple[str, ...]:
@@ -117,28 +123,36 @@ class DistillationModule(nn.Module):
             raise ValueError(f"method {method.name!r} needs a teacher")
         if teacher_cfg is not None:
             method.check_fits(student.cfg, teacher_cfg)
-        self.teacher_cfg = teacher_cfg
         self.teacher_heads = teacher_cfg.heads if teacher_cfg else None
         self.alignment = None
         if method.name == "a2d":
             self.alignment = AttentionAlignment(student.cfg, teacher_cfg, method.attention_types,
                                                 normalised=method.a2d_mode == "corrected", layerwise=method.layerwise)
-        self.projection = None  # student width -> teacher width for feature losses, training-only
-        if method.needs_hidden and student.cfg.d_model != teacher_cfg.d_model:
+        self.projection = None  # student width -> teacher width for hidden-state losses, training-only
+        if method.name in ("pkd", "alp_kd") and student.cfg.d_model != teacher_cfg.d_model:
             self.projection = nn.Linear(student.cfg.d_model, teacher_cfg.d_model, bias=False)
 
     def feature_loss(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch) -> Tensor:
-        """PKD or ALP-KD over the encoder layers (source positions) and decoder layers (target positions)."""
-        project = self.projection or (lambda x: x)
+        """PKD, ALP-KD or MiniLMv2 over the encoder (source positions) and decoder (target positions)."""
+        T = batch.prev.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=batch.prev.device).tril()
+        stacks = (("encoder", student.hidden.encoder, teacher.hidden.encoder, batch.src != PAD_ID,
+                   (batch.src != PAD_ID)[:, None, None, :]),
+                  ("decoder", student.hidden.decoder, teacher.hidden.decoder, batch.mask, causal))
         total = 0.0
-        for s_states, t_states, mask in ((student.hidden.encoder, teacher.hidden.encoder, batch.src != PAD_ID),
-                                         (student.hidden.decoder, teacher.hidden.decoder, batch.mask)):
-            s_states = [project(s) for s in s_states]
+        for stack, s_states, t_states, mask, allowed in stacks:
+            if self.method.name == "minilm":
+                s_qkv = self.student.self_attention_vectors(stack, s_states[-2])
+                t_qkv = teacher.self_attention_vectors[stack]
+                total = total + losses.minilm_relation_loss(s_qkv, t_qkv, self.method.relation_heads, allowed, mask)
+                continue
+            project = self.projection or (lambda x: x)
+            s_states = [project(s) for s in s_states[1:]]  # layer outputs, without the embeddings
             if self.method.name == "pkd":
-                layer_map = losses.pkd_layer_map(len(s_states), len(t_states), self.method.pkd_mapping)
-                total = total + losses.pkd_loss(s_states, t_states, layer_map, mask)
+                layer_map = losses.pkd_layer_map(len(s_states), len(t_states) - 1, self.method.pkd_mapping)
+                total = total + losses.pkd_loss(s_states, t_states[1:], layer_map, mask)
             else:
-                total = total + losses.alp_kd_loss(s_states, t_states, mask)
+                total = total + losses.alp_kd_loss(s_states, t_states[1:], mask)
         return total
 
     def aligned_maps(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput) -> tuple[dict, dict]:
@@ -155,15 +169,14 @@ class DistillationModule(nn.Module):
         m = self.method
         out = self.student(batch.src, batch.prev, return_attention=m.needs_attention, return_hidden=m.needs_hidden)
         ntokens = batch.mask.sum()
-        if m.name == "none":
+        if m.name != "a2d":
             ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
             terms = {"total": ls, "ls": ls, "nll": nll}
-        elif m.name in ("word_kd", "selective_kd", *FEATURE_METHODS):
-            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
-            kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
-                out.logits, batch.target, batch.mask, m.selective_fraction)
-            kd = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
-            terms = {"total": (1.0 - m.alpha) * ls + m.alpha * kd, "ls": ls, "kd": kd, "nll": nll}
+            if m.needs_teacher:  # word-level KD, on every token or (selective_kd) the hardest ones
+                kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
+                    out.logits, batch.target, batch.mask, m.selective_fraction)
+                terms["kd"] = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
+                terms["total"] = (1.0 - m.alpha) * ls + m.alpha * terms["kd"]
             if m.needs_hidden:
                 terms["feature"] = self.feature_loss(out, teacher, batch)
                 terms["total"] = terms["total"] + m.feature_weight * terms["feature"]
@@ -193,4 +206,8 @@ def teacher_forward(teacher: Transformer, batch: Batch, method: MethodConfig) ->
     """The frozen teacher on the same batch, teacher-forced with the gold prefix (eval mode)."""
     if not method.needs_teacher:
         return None
-    return teacher(batch.src, batch.prev, return_attention=method.needs_attention, return_hidden=method.needs_hidden)
+    out = teacher(batch.src, batch.prev, return_attention=method.needs_attention, return_hidden=method.needs_hidden)
+    if method.name == "minilm":
+        out.self_attention_vectors = {"encoder": teacher.self_attention_vectors("encoder", out.hidden.encoder[-2]),
+                                      "decoder": teacher.self_attention_vectors("decoder", out.hidden.decoder[-2])}
+    return out

@@ -179,3 +179,26 @@ def alp_kd_loss(student: list[Tensor], teacher: list[Tensor], mask: Tensor) -> T
         target = (weights.unsqueeze(-1) * stacked).sum(2)  # (B, N, D)
         total = total + ((s - target) ** 2).sum(-1)[mask].sum()
     return total
+
+
+def relation_log_probs(x: Tensor, relation_heads: int, allowed: Tensor) -> Tensor:
+    """MiniLMv2 relation: split (B, N, D) into relation heads of width d = D / R and take
+    log softmax(x_r x_r^T / sqrt(d)) over allowed keys; allowed broadcastable to (B, R, N, N)."""
+    B, N, D = x.shape
+    heads = x.float().view(B, N, relation_heads, D // relation_heads).transpose(1, 2)  # (B, R, N, d)
+    scores = heads @ heads.transpose(-2, -1) / (D // relation_heads) ** 0.5  # (B, R, N, N)
+    return torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def minilm_relation_loss(student_qkv: tuple[Tensor, ...], teacher_qkv: tuple[Tensor, ...], relation_heads: int,
+                         allowed: Tensor, query_mask: Tensor) -> Tensor:
+    """MiniLMv2 (Wang et al. 2021): KL(teacher || student) between query-query, key-key and
+    value-value relations of the last self-attention layer, per row, summed over real query rows
+    and averaged over relation heads. Widths may differ: relations are N x N either way."""
+    total = student_qkv[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student_qkv, teacher_qkv):
+        s_log = relation_log_probs(s, relation_heads, allowed)
+        t_log = relation_log_probs(t.detach(), relation_heads, allowed)
+        kl = (t_log.exp() * (t_log - s_log)).nan_to_num(0.0).sum(-1)  # (B, R, N); masked keys give 0
+        total = total + kl.masked_fill(~query_mask[:, None, :], 0.0).sum() / relation_heads
+    return total

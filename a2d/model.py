@@ -59,10 +59,10 @@ class AttentionMaps:
 
 @dataclass
 class HiddenStates:
-    """Output of every layer (feature-based distillation), bottom layer first."""
+    """The embedded input, then the output of every layer, bottom first (feature-based KD)."""
 
-    encoder: list[Tensor]  # L_enc x (B, S, D)
-    decoder: list[Tensor]  # L_dec x (B, T, D)
+    encoder: list[Tensor]  # (L_enc + 1) x (B, S, D)
+    decoder: list[Tensor]  # (L_dec + 1) x (B, T, D)
 
 
 @dataclass
@@ -70,6 +70,8 @@ class Seq2SeqOutput:
     logits: Tensor  # (B, T, V)
     attention: AttentionMaps | None = None
     hidden: HiddenStates | None = None
+    # MiniLMv2: the last self-attention layer's (queries, keys, values), each (B, N, D), by stack
+    self_attention_vectors: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -194,7 +196,7 @@ class EncoderOutput:
     hidden: Tensor  # (B, S, D)
     key_mask: Tensor  # (B, 1, 1, S) bool, True at real source tokens
     attention: list[Tensor]  # per layer (B, H, S, S); empty unless asked
-    layers: list[Tensor]  # per layer output (B, S, D)
+    layers: list[Tensor]  # the embedded input, then every layer's output (B, S, D)
 
 
 @dataclass
@@ -248,7 +250,7 @@ class Transformer(nn.Module):
         """src_tokens (B, S), right-padded with PAD_ID."""
         key_mask = (src_tokens != PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
         x = self.embed(self.src_embed, src_tokens)
-        maps, layers = [], []
+        maps, layers = [], [x]
         for layer in self.encoder_layers:
             x, probs = layer(x, key_mask, return_attention)
             layers.append(x)
@@ -263,7 +265,7 @@ class Transformer(nn.Module):
         x = self.embed(self.tgt_embed, prev_tokens)
         T = prev_tokens.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
-        self_maps, cross_maps, decoder_layers = [], [], []
+        self_maps, cross_maps, decoder_layers = [], [], [x]
         for layer in self.decoder_layers:
             cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
             x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask, return_attention)
@@ -276,6 +278,13 @@ class Transformer(nn.Module):
         attention = AttentionMaps(stack(enc.attention), stack(self_maps), stack(cross_maps)) if return_attention else None
         hidden = HiddenStates(enc.layers, decoder_layers) if return_hidden else None
         return Seq2SeqOutput(logits, attention, hidden)
+
+    def self_attention_vectors(self, stack: str, layer_input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (B, N, D) of the last encoder or decoder layer's self-attention,
+        projected from that layer's input (hidden state -2), for MiniLMv2's relations."""
+        layer = (self.encoder_layers if stack == "encoder" else self.decoder_layers)[-1]
+        h = layer.self_attn_block.norm(layer_input) if self.cfg.pre_norm else layer_input
+        return layer.self_attn.q_proj(h), layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
 
     # Incremental decoding (beam search): one target position at a time with a key/value cache.
 

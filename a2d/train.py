@@ -104,7 +104,7 @@ def run_digest(spec: SystemSpec, inputs: list[str]) -> str:
     """Names a run by everything that shapes its trajectory: spec (less stopping criteria) and inputs."""
     identity = json.loads(spec.to_json())
     for name in NON_TRAJECTORY_FIELDS:
-        identity["training"].pop(name)
+        identity["training"].pop(name, None)
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for path in inputs:
         with open(path, "rb") as f:

@@ -46,3 +46,13 @@ def test_system_training_overrides_shared_defaults():
     config["students"]["student_nokd"]["training"] = {"lr": 0.01}
     assert system_spec(config, "student_nokd").training.lr == 0.01
     assert system_spec(config, "student_a2d").training.lr == config["training"]["lr"]
+
+
+def test_spec_json_holds_only_non_defaults():
+    """A new option with a default must not change existing specs (Snakemake params, run digests)."""
+    import json
+
+    spec = system_spec(default_config(), "student_a2d")
+    stored = json.loads(spec.to_json())
+    assert "relation_heads" not in stored["method"] and stored["method"]["name"] == "a2d"
+    assert SystemSpec.from_json(spec.to_json()) == spec

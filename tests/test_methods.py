@@ -150,7 +150,9 @@ def test_layerwise_a2d_equals_a2d_on_per_layer_means():
     MethodConfig(name="a2d", decoder_self=0.0, decoder_cross=0.0),  # encoder-only
     MethodConfig(name="pkd", pkd_mapping="skip"),
     MethodConfig(name="alp_kd"),
-], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only", "pkd", "alp_kd"])
+    MethodConfig(name="minilm", relation_heads=4),
+], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only", "pkd",
+        "alp_kd", "minilm"])
 def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
     student = tiny_model(seed=1, encoder_layers=1, decoder_layers=1)
     teacher = tiny_model(seed=2, heads=4, d_model=32, ffn=64)  # wider: feature methods need a projection
@@ -166,7 +168,9 @@ def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
         assert set(module.alignment.mixers) == set(method.attention_types)
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())
     if method.needs_hidden:
-        assert terms["feature"] > 0 and module.projection.weight.grad.abs().sum() > 0
+        assert terms["feature"] > 0
+    if method.name in ("pkd", "alp_kd"):
+        assert module.projection.weight.grad.abs().sum() > 0
 
 
 def test_invalid_method_settings_are_refused():
@@ -218,3 +222,37 @@ def test_pkd_student_deeper_than_teacher_fails_at_config_time():
                                   "method": {"name": "pkd"}}
     with pytest.raises(ConfigError, match="deep: method pkd: PKD maps each of 3 student layers .* only 2"):
         validate_config(config)
+
+
+def test_minilm_relations_by_hand_and_invariants():
+    # One relation head, two positions, 1-d vectors: relation row i = softmax(x_i * x_j).
+    x = torch.tensor([[[1.0], [2.0]]])
+    allowed = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    got = losses.relation_log_probs(x, 1, allowed).exp()
+    row0 = [math.exp(1.0), math.exp(2.0)]
+    assert got[0, 0, 0].tolist() == pytest.approx([v / sum(row0) for v in row0], rel=1e-6)
+    causal = torch.ones(2, 2, dtype=torch.bool).tril()
+    assert losses.relation_log_probs(x, 1, causal).exp()[0, 0, 0].tolist() == pytest.approx([1.0, 0.0])
+    # KL is zero for identical vectors, positive otherwise, even when widths differ.
+    g = torch.Generator().manual_seed(0)
+    qkv = tuple(torch.randn(2, 5, 8, generator=g) for _ in range(3))
+    wide = tuple(torch.randn(2, 5, 16, generator=g) for _ in range(3))
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    everything = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    assert losses.minilm_relation_loss(qkv, qkv, 4, everything, rows).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.minilm_relation_loss(qkv, wide, 4, everything, rows).item() > 0
+    assert losses.minilm_relation_loss(qkv, wide, 4, causal.new_ones(5, 5).tril(), rows).item() > 0
+
+
+def test_self_attention_vectors_match_the_layer():
+    """The re-projected last-layer queries give back that layer's attention map."""
+    for pre_norm in (False, True):
+        model = tiny_model(pre_norm=pre_norm)
+        src, prev = random_batch()
+        out = model(src, prev, return_attention=True, return_hidden=True)
+        q, k, _ = model.self_attention_vectors("encoder", out.hidden.encoder[-2])
+        B, S, D = q.shape
+        split = lambda t: t.view(B, S, 2, D // 2).transpose(1, 2)  # noqa: E731
+        scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(D // 2)
+        scores = scores.masked_fill(~(src != PAD_ID)[:, None, None, :], float("-inf"))
+        torch.testing.assert_close(torch.softmax(scores, -1), out.attention.encoder_self[:, -2:], rtol=1e-4, atol=1e-6)
