@@ -168,16 +168,19 @@ def pkd_loss(student: list[Tensor], teacher: list[Tensor], layer_map: list[int],
 
 def alp_kd_loss(student: list[Tensor], teacher: list[Tensor], mask: Tensor) -> Tensor:
     """ALP-KD (Passban et al. 2021): each student layer matches, per position, an attention-weighted
-    sum of all teacher layers, weights softmax_j(s_i . t_j / sqrt(D)) (scaled, unlike the paper's raw
-    dot product, so that the softmax does not saturate); squared error summed over real positions.
-    States (B, N, D) with the student's projected to the teacher's width; mask (B, N)."""
-    stacked = torch.stack([t.detach().float() for t in teacher], dim=2)  # (B, N, L_T, D)
+    sum of all teacher layers, weights softmax_j(s_i . t_j / sqrt(D)); MSE (mean over D) summed over
+    real positions and student layers. States (B, N, D), the student's projected to the teacher's
+    width. Both sides pass a parameter-free LayerNorm first: post-LN states (the paper's) already
+    are normalised, and pre-LN residual streams grow with depth (raw, the term was ~600x the CE).
+    The 1/sqrt(D) scaling, against the paper's raw dot product, keeps the softmax from saturating."""
+    unit = lambda x: torch.nn.functional.layer_norm(x.float(), x.shape[-1:])  # noqa: E731
+    stacked = torch.stack([unit(t.detach()) for t in teacher], dim=2)  # (B, N, L_T, D)
     total = student[0].new_zeros((), dtype=torch.float32)
     for s in student:
-        s = s.float()
+        s = unit(s)
         weights = torch.softmax((stacked @ s.unsqueeze(-1)).squeeze(-1) / s.size(-1) ** 0.5, dim=-1)  # (B, N, L_T)
         target = (weights.unsqueeze(-1) * stacked).sum(2)  # (B, N, D)
-        total = total + ((s - target) ** 2).sum(-1)[mask].sum()
+        total = total + ((s - target) ** 2).mean(-1)[mask].sum()
     return total
 
 

@@ -201,13 +201,17 @@ def test_pkd_loss_by_hand():
 
 
 def test_alp_kd_loss_by_hand():
+    # After the parameter-free LayerNorm: s = (1, 0) -> (1, -1); t1 = (2, 0) -> (1, -1); t2 = (0, 2) -> (-1, 1)
+    # (up to LayerNorm's eps). Weights softmax(s.t / sqrt(2)) = softmax(sqrt(2), -sqrt(2)).
     s = torch.tensor([[[1.0, 0.0]]])
     t1, t2 = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]])
-    w1 = math.exp(2 / math.sqrt(2)) / (math.exp(2 / math.sqrt(2)) + math.exp(0.0))
-    target = [2 * w1, 2 * (1 - w1)]
-    expected = (1 - target[0]) ** 2 + (0 - target[1]) ** 2
+    w1 = math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + math.exp(-math.sqrt(2)))
+    target = 2 * w1 - 1  # the target is target * (1, -1)
+    expected = ((1 - target) ** 2 + (-1 + target) ** 2) / 2  # mean over D = 2
     got = losses.alp_kd_loss([s], [t1, t2], torch.tensor([[True]]))
-    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert got.item() == pytest.approx(expected, rel=1e-3)
+    # Scale-free: multiplying the states changes nothing.
+    assert losses.alp_kd_loss([s * 40], [t1 * 9, t2 * 9], torch.tensor([[True]])).item() == pytest.approx(got.item(), rel=1e-3)
 
 
 def test_pkd_student_deeper_than_teacher_fails_at_config_time():
