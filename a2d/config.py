@@ -150,7 +150,10 @@ def validate_config(config: dict, where: str = "config") -> None:
     teacher = system_spec(config, "teacher")
     if teacher.method.needs_teacher or teacher.targets != "reference":
         raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")
-    seq_kd_config(config)
+    shards = seq_kd_config(config).shards
+    if shards > config["corpus"]["synthetic"]["train"]:
+        raise ConfigError(f"{where}: seq_kd.shards {shards} exceeds the {config['corpus']['synthetic']['train']} "
+                          "training pairs it would split")
     search_config(config)
 
 

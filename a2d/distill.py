@@ -65,6 +65,9 @@ class MethodConfig:
             raise ValueError(f"selective_fraction must be in (0, 1], not {self.selective_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, not {self.temperature}")
+        if self.name == "a2d" and self.a2d_mode == "faithful" and self.temperature != 1.0:
+            raise ValueError("faithful A2D has no temperature (the released code uses none); "
+                             "use a2d_mode: corrected for word-level KD at a temperature")
         if self.pkd_mapping not in ("skip", "last"):
             raise ValueError(f"pkd_mapping must be skip or last, not {self.pkd_mapping!r}")
 

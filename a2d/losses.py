@@ -88,8 +88,9 @@ def rowwise_attention_kl(student_mixed: Tensor, teacher_probs: Tensor, query_mas
     padded query rows. Returns sum over b, c and real rows of KL(teacher row || student row).
     """
     teacher = teacher_probs.detach().float()
-    student_log = torch.log(student_mixed.float().clamp_min(1e-12))
-    teacher_log = torch.log(teacher.clamp_min(1e-12))
+    # + tiny rather than a clamp: a student entry that underflows to 0 still gets a gradient.
+    student_log = torch.log(student_mixed.float() + 1e-12)
+    teacher_log = torch.log(teacher + 1e-12)
     kl_rows = (teacher * (teacher_log - student_log)).sum(-1)  # (B, C, Q)
     return kl_rows.masked_fill(~query_mask[:, None, :], 0.0).sum()
 
@@ -145,7 +146,8 @@ def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: T
 
 def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> list[int]:
     """PKD (Sun et al. 2019): the teacher layer (0-based) each student layer learns from.
-    skip: evenly spaced, ending at the top layer; last: the top `student_layers` layers."""
+    skip: evenly spaced, ending at the top layer; last: the top `student_layers` layers. Unlike the
+    paper, which leaves the teacher's top layer to the logits, both mappings include it."""
     if student_layers > teacher_layers:
         raise ValueError(f"PKD maps each of {student_layers} student layers to a distinct teacher layer, "
                          f"but the teacher has only {teacher_layers}")
@@ -202,6 +204,7 @@ def minilm_relation_loss(student_qkv: tuple[Tensor, ...], teacher_qkv: tuple[Ten
     for s, t in zip(student_qkv, teacher_qkv):
         s_log = relation_log_probs(s, relation_heads, allowed)
         t_log = relation_log_probs(t.detach(), relation_heads, allowed)
-        kl = (t_log.exp() * (t_log - s_log)).nan_to_num(0.0).sum(-1)  # (B, R, N); masked keys give 0
+        # Masked keys are -inf on both sides: select them out (NaN elsewhere must stay visible).
+        kl = torch.where(allowed, t_log.exp() * (t_log - s_log), 0.0).sum(-1)  # (B, R, N)
         total = total + kl.masked_fill(~query_mask[:, None, :], 0.0).sum() / relation_heads
     return total

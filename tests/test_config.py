@@ -56,3 +56,10 @@ def test_spec_json_holds_only_non_defaults():
     stored = json.loads(spec.to_json())
     assert "relation_heads" not in stored["method"] and stored["method"]["name"] == "a2d"
     assert SystemSpec.from_json(spec.to_json()) == spec
+
+
+def test_more_seq_kd_shards_than_training_pairs_fails_at_config_time():
+    config = default_config()
+    config["seq_kd"] = {"shards": config["corpus"]["synthetic"]["train"] + 1}
+    with pytest.raises(ConfigError, match="seq_kd.shards"):
+        validate_config(config)

@@ -260,3 +260,39 @@ def test_self_attention_vectors_match_the_layer():
         scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(D // 2)
         scores = scores.masked_fill(~(src != PAD_ID)[:, None, None, :], float("-inf"))
         torch.testing.assert_close(torch.softmax(scores, -1), out.attention.encoder_self[:, -2:], rtol=1e-4, atol=1e-6)
+
+
+def test_corrected_a2d_loss_by_hand():
+    """One type, one head, one real query row over 2 keys plus a padded row; C = 1, V = 2."""
+    student = {"decoder_cross": torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])}  # (B=1, C=1, Q=2, K=2)
+    teacher = {"decoder_cross": torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])}
+    query_mask = {"decoder_cross": torch.tensor([[True, False]])}  # the second row is padding
+    logits = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    target, mask = torch.tensor([[1, 0]]), torch.tensor([[True, False]])
+    terms = losses.a2d_corrected_loss(logits, logits, target, mask, student, teacher, query_mask,
+                                      weights={"decoder_cross": 0.5}, alpha=0.5, epsilon=0.0, temperature=1.0,
+                                      decay=0.9)
+    kl_row = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert terms["attention"].item() == pytest.approx(0.9 * 0.5 * kl_row, rel=1e-5)
+    nll = -math.log(math.exp(1) / (1 + math.exp(1)))
+    assert terms["word"].item() == pytest.approx(0.5 * nll, rel=1e-5)  # KD term is 0: student = teacher
+
+
+def test_decay_follows_the_configured_unit():
+    batch = make_batch()
+    student, teacher = tiny_model(seed=1, encoder_layers=1, decoder_layers=1), tiny_model(seed=2)
+    for unit, changes_with in (("epoch", "epoch"), ("step", "step")):
+        torch.manual_seed(0)
+        module = DistillationModule(student, MethodConfig(name="a2d", gamma=0.5, decay_every=unit), teacher.cfg)
+        out = teacher_forward(teacher, batch, module.method)
+        base = module(batch, out, epoch=1, step=1)[1]["attention"]
+        later_epoch = module(batch, out, epoch=3, step=1)[1]["attention"]
+        later_step = module(batch, out, epoch=1, step=3)[1]["attention"]
+        moved, kept = (later_epoch, later_step) if changes_with == "epoch" else (later_step, later_epoch)
+        assert moved == pytest.approx(base * 0.25, rel=1e-5) and kept == pytest.approx(base, rel=1e-6)
+
+
+def test_faithful_a2d_refuses_a_temperature():
+    with pytest.raises(ValueError, match="faithful A2D has no temperature"):
+        MethodConfig(name="a2d", temperature=2.0)
+    MethodConfig(name="a2d", a2d_mode="corrected", temperature=2.0)
