@@ -139,7 +139,8 @@ def validate_config(config: dict, where: str = "config") -> None:
         location = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"{where}: at {location}: {err.message}") from None
     vocab = config["sentencepiece"]["vocab_size"]
-    teacher_shape = system_spec(config, "teacher").model_config(vocab)
+    teacher = system_spec(config, "teacher")
+    teacher_shape = teacher.model_config(vocab)
     for name in systems(config):
         spec = system_spec(config, name)
         shape = spec.model_config(vocab)
@@ -147,7 +148,6 @@ def validate_config(config: dict, where: str = "config") -> None:
             spec.method.check_fits(shape, teacher_shape)
         except ValueError as err:
             raise ConfigError(f"{where}: {name}: method {spec.method.name}: {err}") from None
-    teacher = system_spec(config, "teacher")
     if teacher.method.needs_teacher or teacher.targets != "reference":
         raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")
     shards = seq_kd_config(config).shards

@@ -31,7 +31,7 @@ from a2d.config import SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
 from a2d.distill import DistillationModule, teacher_forward
 from a2d.evaluate import corpus_bleu
-from a2d.files import read_lines, write_json
+from a2d.files import atomic_path, read_lines, write_json
 from a2d.model import Transformer, count_parameters
 from a2d.search import SearchConfig, translate
 
@@ -155,7 +155,8 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
 
     train_data = ParallelData(train_path, max_positions=model_cfg.max_positions)
     valid_data = ParallelData(valid_path, max_positions=model_cfg.max_positions)
-    references = [read_lines(valid_ref)[i] for i in valid_data.kept]
+    all_references = read_lines(valid_ref)
+    references = [all_references[i] for i in valid_data.kept]
     batches = train_data.batches(cfg.max_tokens, cfg.seed)
     if rank == 0:
         log(f"{spec.name}: {count_parameters(student):,} parameters, {len(train_data):,} training pairs, "
@@ -267,8 +268,8 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
               "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir),
               "alignment": progress.best_alignment}
     if rank == 0:
-        shutil.copyfile(best_path, f"{output}.tmp")
-        os.replace(f"{output}.tmp", output)
+        with atomic_path(output) as tmp:
+            shutil.copyfile(best_path, tmp)
         write_json(summary, result)
         log(f"{spec.name}: best valid BLEU {progress.best_bleu:.2f} at epoch {progress.best_epoch}; wrote {output}")
     return result
