@@ -19,6 +19,24 @@ def cmd_synthesize(args):
         write_lines(Path(args.out_dir) / f"{name}.tgt", [t for _, t in pairs])
 
 
+def cmd_fetch(args):
+    import json
+
+    from a2d.datasets import fetch_side
+
+    origin = fetch_side(args.name, args.lang, json.loads(args.entry), args.output, args.mirror or None)
+    print(f"{args.name} ({args.lang}): {origin} -> {args.output} (sha256 checked)", file=sys.stderr)
+
+
+def cmd_prepare(args):
+    import json
+
+    from a2d.clean import prepare
+
+    prepare(json.loads(args.spec), args.src, args.tgt, args.output_src, args.output_tgt, args.report,
+            args.eval_src, args.eval_tgt, args.eval_names)
+
+
 def cmd_train_spm(args):
     from a2d.data import train_sentencepiece
 
@@ -28,7 +46,7 @@ def cmd_train_spm(args):
 def cmd_encode(args):
     from a2d.data import encode_corpus
 
-    n = encode_corpus(args.spm, args.src, args.tgt, args.output)
+    n = encode_corpus(args.src_spm, args.tgt_spm, args.src, args.tgt, args.output)
     print(f"encoded {n} sentence pairs into {args.output}", file=sys.stderr)
 
 
@@ -37,7 +55,7 @@ def cmd_train(args):
     from a2d.train import train
 
     train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
-          spm_path=args.spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
+          src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
           teacher_path=args.teacher, threads=args.threads, progress_bar=not args.no_progress)
 
 
@@ -50,11 +68,11 @@ def cmd_translate(args):
     from a2d.search import SearchConfig, translate
 
     torch.set_num_threads(args.threads)
-    model, sp = load_model(args.model), load_sentencepiece(args.spm)
+    model, src_sp, tgt_sp = load_model(args.model), load_sentencepiece(args.src_spm), load_sentencepiece(args.tgt_spm)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    sources = [torch.tensor(ids) for ids in encode_lines(sp, read_lines(args.input))]
+    sources = [torch.tensor(ids) for ids in encode_lines(src_sp, read_lines(args.input))]
     cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size)
-    write_lines(args.output, [sp.decode(hyp) for hyp in translate(model, sources, cfg)])
+    write_lines(args.output, [tgt_sp.decode(hyp) for hyp in translate(model, sources, cfg)])
 
 
 def cmd_evaluate(args):
@@ -107,7 +125,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(run=cmd_synthesize)
 
-    s = sub.add_parser("train-spm", help="train a joint SentencePiece model")
+    s = sub.add_parser("fetch", help="one side of a registry dataset, from a mirror or its source, sha256-checked")
+    s.add_argument("--name", required=True, help="registry name, e.g. wmt22_de_dsb/train")
+    s.add_argument("--lang", required=True)
+    s.add_argument("--entry", required=True, help="the registry entry as JSON")
+    s.add_argument("--mirror", default="", help="local mirror directory (empty: none)")
+    s.add_argument("--output", required=True)
+    s.set_defaults(run=cmd_fetch)
+
+    s = sub.add_parser("prepare", help="concatenate, preprocess and (training data) clean one split")
+    s.add_argument("--spec", required=True, help="the split's resolved data config as JSON (a2d.config.split_spec)")
+    s.add_argument("--src", nargs="+", required=True, help="source side of each dataset, in order")
+    s.add_argument("--tgt", nargs="+", required=True, help="target side of each dataset, in order")
+    s.add_argument("--output-src", required=True)
+    s.add_argument("--output-tgt", required=True)
+    s.add_argument("--report", help="clean the data and write the cleaning report here (training data)")
+    s.add_argument("--eval-src", nargs="*", default=[], help="evaluation sets to check overlap against")
+    s.add_argument("--eval-tgt", nargs="*", default=[])
+    s.add_argument("--eval-names", nargs="*", default=[])
+    s.set_defaults(run=cmd_prepare)
+
+    s = sub.add_parser("train-spm", help="train a SentencePiece model on one or more text files")
     s.add_argument("--input", nargs="+", required=True, help="text files, one sentence per line")
     s.add_argument("--model", required=True, help="output .model path (a .vocab is written beside it)")
     s.add_argument("--vocab-size", type=int, required=True)
@@ -117,7 +155,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_train_spm)
 
     s = sub.add_parser("encode", help="encode a parallel corpus to subword ids (safetensors)")
-    s.add_argument("--spm", required=True)
+    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
+    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
     s.add_argument("--src", required=True)
     s.add_argument("--tgt", required=True)
     s.add_argument("--output", required=True)
@@ -128,7 +167,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--train", required=True, help="encoded training corpus")
     s.add_argument("--valid", required=True, help="encoded validation corpus")
     s.add_argument("--valid-ref", required=True, help="validation references, plain text")
-    s.add_argument("--spm", required=True)
+    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
+    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
     s.add_argument("--teacher", help="teacher weights, for distillation methods")
     s.add_argument("--checkpoint-dir", required=True, help="where to keep resumable checkpoints")
     s.add_argument("--output", required=True, help="best weights (.safetensors)")
@@ -139,7 +179,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("translate", help="translate a text file with beam search")
     s.add_argument("--model", required=True)
-    s.add_argument("--spm", required=True)
+    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
+    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--beam-size", type=int, default=5)

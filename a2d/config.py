@@ -15,6 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from a2d.clean import Cleaning, Preprocess
+from a2d.datasets import registry
 from a2d.distill import MethodConfig
 from a2d.model import ModelConfig
 from a2d.search import SearchConfig
@@ -90,7 +92,7 @@ class SystemSpec:
     """Everything that decides how one model (teacher or student) is trained."""
 
     name: str
-    model: dict  # ModelConfig fields except vocab_size, which comes from the subword model
+    model: dict  # ModelConfig fields except the vocabulary sizes, which come from the subword models
     method: MethodConfig
     training: TrainingConfig
     targets: str = "reference"
@@ -118,8 +120,9 @@ class SystemSpec:
         return cls(d["name"], d["model"], build(MethodConfig, d["method"], f"{d['name']}.method"),
                    build(TrainingConfig, d["training"], f"{d['name']}.training"), d["targets"])
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return build(ModelConfig, {**self.model, "vocab_size": vocab_size}, f"{self.name}.model")
+    def model_config(self, vocab_size: int, src_vocab_size: int | None = None) -> ModelConfig:
+        return build(ModelConfig, {**self.model, "vocab_size": vocab_size, "src_vocab_size": src_vocab_size},
+                     f"{self.name}.model")
 
 
 def load_config(path: str | Path) -> dict:
@@ -151,20 +154,82 @@ def validate_config(config: dict, where: str = "config") -> None:
     if teacher.method.needs_teacher or teacher.targets != "reference":
         raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")
     shards = seq_kd_config(config).shards
-    if shards > config["corpus"]["synthetic"]["train"]:
+    if "corpus" in config and shards > config["corpus"]["synthetic"]["train"]:
         raise ConfigError(f"{where}: seq_kd.shards {shards} exceeds the {config['corpus']['synthetic']['train']} "
                           "training pairs it would split")
     search_config(config)
+    if "data" in config:
+        check_data(config, where)
+
+
+RESERVED_SPLITS = ("train", "valid", "train_seq_kd")
+
+
+def check_data(config: dict, where: str) -> None:
+    """Every named dataset is in the registry and holds both languages of the experiment."""
+    data, entries = config["data"], registry(config)
+    langs = (data["source"], data["target"])
+    for split, names in [("train", data["train"]), ("valid", data["valid"]), *data["test"].items()]:
+        for name in names:
+            if name not in entries:
+                raise ConfigError(f"{where}: data.{split}: unknown dataset {name!r}; the registry "
+                                  f"(config/datasets.yaml and datasets:) has {', '.join(sorted(entries))}")
+            missing = [lang for lang in langs if lang not in entries[name]]
+            if missing:
+                raise ConfigError(f"{where}: data.{split}: dataset {name!r} has no {'/'.join(missing)} side")
+    for name in data["test"]:
+        if name in RESERVED_SPLITS or name.startswith("train_shard"):
+            raise ConfigError(f"{where}: data.test: {name!r} is a reserved split name")
+    build(Preprocess, data.get("preprocess", {}), "data.preprocess")
+    build(Cleaning, data.get("cleaning", {}), "data.cleaning")
+
+
+def test_sets(config: dict) -> list[str]:
+    """The table's columns: the synthetic pair's test split, or the experiment's named test sets."""
+    return list(config["data"]["test"]) if "data" in config else ["test"]
+
+
+def split_datasets(config: dict, split: str) -> list[str]:
+    data = config["data"]
+    return data["test"][split] if split in data["test"] else data[split]
+
+
+def split_spec(config: dict, split: str) -> str:
+    """What decides one split's corpus (a rule param): languages, datasets, preprocessing, cleaning."""
+    data, entries = config["data"], registry(config)
+    names = split_datasets(config, split)
+    spec = {"languages": [data["source"], data["target"]], "datasets": names,
+            "pretokenized": [bool(entries[n].get("pretokenized", False)) for n in names],
+            "preprocess": asdict(build(Preprocess, data.get("preprocess", {}), "data.preprocess"))}
+    if split == "train":
+        spec["cleaning"] = asdict(build(Cleaning, data.get("cleaning", {}), "data.cleaning"))
+    return json.dumps(spec, sort_keys=True)
+
+
+SEED_SUFFIX = "_seed"  # with several `seeds`, student <name> is trained as <name>_seed<N> for each
 
 
 def systems(config: dict) -> list[str]:
-    """The teacher first, then the students in config order."""
+    """The teacher first, then the students in config order (each once per seed when `seeds` lists several)."""
+    seeds = config.get("seeds", [])
+    if len(seeds) > 1:
+        return ["teacher", *(f"{name}{SEED_SUFFIX}{seed}" for name in config["students"] for seed in seeds)]
     return ["teacher", *config["students"]]
 
 
+def base_name(name: str) -> str:
+    """The configured system a (possibly per-seed) system name belongs to."""
+    base, sep, seed = name.rpartition(SEED_SUFFIX)
+    return base if sep and seed.isdigit() else name
+
+
 def system_spec(config: dict, name: str) -> SystemSpec:
-    entry = config["teacher"] if name == "teacher" else config["students"][name]
+    base = base_name(name)
+    entry = config["teacher"] if name == "teacher" else config["students"][base]
     training = {**config.get("training", {}), **entry.get("training", {})}
+    seeds = config.get("seeds", [])
+    if name != "teacher" and seeds:  # the teacher is trained once, with training.seed
+        training["seed"] = int(name.rpartition(SEED_SUFFIX)[2]) if len(seeds) > 1 else seeds[0]
     return SystemSpec(
         name=name,
         model=dict(entry.get("model", {})),

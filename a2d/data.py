@@ -34,7 +34,7 @@ class Batch:
 
 def train_sentencepiece(inputs: list[str], model_path: str, vocab_size: int, model_type: str, seed: int,
                         threads: int = 1) -> None:
-    """Joint SentencePiece model over all `inputs`; writes `model_path` (and its .vocab) atomically."""
+    """One SentencePiece model over all `inputs` (both sides: a joint model); writes `model_path` (and its .vocab) atomically."""
     model_path = Path(model_path)
     lines = [line for path in inputs for line in read_lines(path)]
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
@@ -66,12 +66,11 @@ def _flatten(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([t for s in seqs for t in s], dtype=torch.int32), offsets
 
 
-def encode_corpus(spm_path: str, src_path: str, tgt_path: str, out_path: str) -> int:
+def encode_corpus(src_spm: str, tgt_spm: str, src_path: str, tgt_path: str, out_path: str) -> int:
     """Encode a parallel corpus into one safetensors file of flat ids and offsets per side."""
-    sp = load_sentencepiece(spm_path)
     src, tgt = read_parallel(src_path, tgt_path)
-    src_tokens, src_offsets = _flatten(encode_lines(sp, src))
-    tgt_tokens, tgt_offsets = _flatten(encode_lines(sp, tgt))
+    src_tokens, src_offsets = _flatten(encode_lines(load_sentencepiece(src_spm), src))
+    tgt_tokens, tgt_offsets = _flatten(encode_lines(load_sentencepiece(tgt_spm), tgt))
     with atomic_path(out_path) as tmp:
         save_file({"src_tokens": src_tokens, "src_offsets": src_offsets,
                    "tgt_tokens": tgt_tokens, "tgt_offsets": tgt_offsets}, str(tmp))

@@ -73,8 +73,10 @@ class MethodConfig:
 
     def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
         """Refuse, before training, a method that cannot work with these shapes."""
-        if student.vocab_size != teacher.vocab_size:
-            raise ValueError(f"student vocabulary {student.vocab_size} != teacher vocabulary {teacher.vocab_size}")
+        for side, s, t in (("target", student.vocab_size, teacher.vocab_size),
+                           ("source", student.source_vocab_size, teacher.source_vocab_size)):
+            if s != t:
+                raise ValueError(f"student {side} vocabulary {s} != teacher {side} vocabulary {t}")
         if self.name == "pkd":
             losses.pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.pkd_mapping)
             losses.pkd_layer_map(student.decoder_layers, teacher.decoder_layers, self.pkd_mapping)

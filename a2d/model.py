@@ -25,7 +25,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the SentencePiece traini
 class ModelConfig:
     """Shape of a model; saved next to its weights so a checkpoint rebuilds the model alone."""
 
-    vocab_size: int
+    vocab_size: int  # target vocabulary (and source vocabulary unless src_vocab_size is set)
     encoder_layers: int = 6
     decoder_layers: int = 6
     d_model: int = 512
@@ -35,6 +35,11 @@ class ModelConfig:
     attention_dropout: float = 0.0
     max_positions: int = 1024
     pre_norm: bool = False  # LayerNorm before each sublayer (and after the stack) instead of after it
+    src_vocab_size: int | None = None  # a separate source subword model (De->Dsb recipe); None: shared
+
+    @property
+    def source_vocab_size(self) -> int:
+        return self.src_vocab_size or self.vocab_size
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -220,7 +225,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.src_embed = nn.Embedding(cfg.source_vocab_size, cfg.d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)  # tied to output
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))

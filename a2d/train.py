@@ -131,7 +131,7 @@ def validate(model: Transformer, data: ParallelData, references: list[str], sp, 
     return corpus_bleu([sp.decode(h) for h in hyps], references)
 
 
-def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, spm_path: str,
+def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
           checkpoint_dir: str, output: str, summary: str, teacher_path: str | None = None,
           threads: int = 1, progress_bar: bool = True) -> dict:
     """Train (or resume) one system; writes the best weights to `output` and a JSON `summary`."""
@@ -140,8 +140,9 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     deepspeed = setup_distributed()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
-    sp = load_sentencepiece(spm_path)
-    model_cfg = spec.model_config(vocab_size=sp.get_piece_size())
+    sp = load_sentencepiece(tgt_spm)  # decodes validation output
+    src_vocab = None if src_spm == tgt_spm else load_sentencepiece(src_spm).get_piece_size()
+    model_cfg = spec.model_config(vocab_size=sp.get_piece_size(), src_vocab_size=src_vocab)
     torch.manual_seed(cfg.seed)
     student = Transformer(model_cfg)
     teacher = None
@@ -149,8 +150,10 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         if teacher_path is None:
             raise ValueError(f"{spec.name}: method {spec.method.name!r} needs --teacher")
         teacher = load_model(teacher_path).eval().requires_grad_(False)
-        if teacher.cfg.vocab_size != model_cfg.vocab_size:
-            raise ValueError(f"{teacher_path}: teacher vocabulary {teacher.cfg.vocab_size} != student {model_cfg.vocab_size}")
+        try:
+            spec.method.check_fits(model_cfg, teacher.cfg)
+        except ValueError as err:
+            raise ValueError(f"{teacher_path}: {err}") from None
     module = DistillationModule(student, spec.method, teacher.cfg if teacher else None)
 
     train_data = ParallelData(train_path, max_positions=model_cfg.max_positions)
@@ -173,7 +176,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     if teacher is not None:
         teacher.to(engine.device)
 
-    inputs = [train_path, valid_path, spm_path] + ([teacher_path] if teacher_path else [])
+    inputs = [train_path, valid_path, src_spm, tgt_spm] + ([teacher_path] if teacher_path else [])
     run_dir = Path(checkpoint_dir) / run_digest(spec, inputs)
     best_path = run_dir / "best.safetensors"
     progress = Progress()

@@ -26,7 +26,7 @@ def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
     train_sentencepiece([str(paths["train.src"]), str(paths["train.tgt"])], str(paths["spm"]), 200, "unigram", 1)
     for split in ("train", "valid"):
         paths[split] = root / f"{split}.safetensors"
-        encode_corpus(str(paths["spm"]), str(paths[f"{split}.src"]), str(paths[f"{split}.tgt"]), str(paths[split]))
+        encode_corpus(str(paths["spm"]), str(paths["spm"]), str(paths[f"{split}.src"]), str(paths[f"{split}.tgt"]), str(paths[split]))
     return paths
 
 

@@ -80,5 +80,5 @@ def test_encode_refuses_misaligned_corpus_and_leaves_no_output(tiny_corpus, tmp_
     write_lines(short, read_lines(tiny_corpus["train.tgt"])[:-1])
     out = tmp_path / "out.safetensors"
     with pytest.raises(InputError, match="400 lines"):
-        encode_corpus(str(tiny_corpus["spm"]), str(tiny_corpus["train.src"]), str(short), str(out))
+        encode_corpus(str(tiny_corpus["spm"]), str(tiny_corpus["spm"]), str(tiny_corpus["train.src"]), str(short), str(out))
     assert not out.exists() and not list(tmp_path.glob(".out*"))

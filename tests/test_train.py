@@ -21,7 +21,7 @@ def spec(name="teacher", method="none", **training) -> SystemSpec:
 
 def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None) -> dict:
     return train(system, train_path=str(corpus["train"]), valid_path=str(corpus["valid"]),
-                 valid_ref=str(corpus["valid.tgt"]), spm_path=str(corpus["spm"]),
+                 valid_ref=str(corpus["valid.tgt"]), src_spm=str(corpus["spm"]), tgt_spm=str(corpus["spm"]),
                  checkpoint_dir=str(tmp_path / ckpt), output=str(tmp_path / out),
                  summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, progress_bar=False)
 

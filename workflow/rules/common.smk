@@ -1,4 +1,9 @@
-from a2d.config import search_config, seq_kd_config, system_spec, systems, validate_config
+import json
+import re
+
+from a2d.config import (search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
+                        test_sets, validate_config)
+from a2d.datasets import mirror_dir, registry
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
 validate_config(config, "config")
@@ -6,7 +11,18 @@ validate_config(config, "config")
 RESULTS = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
 SYSTEMS = systems(config)
-TEST_SETS = ["test"]
+TEST_SETS = test_sets(config)
+REAL_DATA = "data" in config  # else the embedded synthetic pair
+if REAL_DATA:
+    LANGS = [config["data"]["source"], config["data"]["target"]]
+    REGISTRY = registry(config)
+    # Not a param: moving the mirror (or downloading instead) yields the same checked text.
+    MIRROR = mirror_dir(config) or ""
+    DATASETS = sorted({d for split in ["train", "valid", *TEST_SETS] for d in split_datasets(config, split)})
+# One SentencePiece model for both languages, or one per language (the De->Dsb recipe).
+JOINT_SPM = config["sentencepiece"].get("joint", True)
+SRC_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'src'}.model"
+TGT_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'tgt'}.model"
 DECODING = search_config(config)
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
@@ -17,7 +33,9 @@ wildcard_constraints:
     a2d_system="|".join(A2D_SYSTEMS) or "(?!)",
     test_set="|".join(TEST_SETS),
     source="|".join(TEST_SETS + SEQ_KD_SHARDS),
-    split="train|valid|test|train_seq_kd",
+    split="|".join(["train", "valid", "train_seq_kd", *TEST_SETS]),
+    eval_split="|".join(["valid", *TEST_SETS]),
+    spm_name="joint|src|tgt",
 
 
 def spec_json(wildcards):
@@ -40,3 +58,13 @@ def teacher_inputs(wildcards):
 
 def teacher_flag(wildcards, input):
     return ["--teacher", input.teacher] if "teacher" in input.keys() else []
+
+
+def raw_files(split, lang):
+    """The fetched text of one side of a split's datasets, in config order."""
+    return [f"{RESULTS}/raw/{name}.{lang}" for name in split_datasets(config, split)]
+
+
+def spm_inputs(wildcards):
+    sides = {"joint": ["src", "tgt"], "src": ["src"], "tgt": ["tgt"]}[wildcards.spm_name]
+    return [f"{RESULTS}/corpus/train.{side}" for side in sides]

@@ -1,45 +1,109 @@
-rule synthesize_corpus:
-    output:
-        expand(f"{RESULTS}/corpus/{{split}}.{{side}}", split=["train", "valid", "test"], side=["src", "tgt"]),
-    params:
-        seed=config["corpus"]["synthetic"]["seed"],
-        train=config["corpus"]["synthetic"]["train"],
-        valid=config["corpus"]["synthetic"]["valid"],
-        test=config["corpus"]["synthetic"]["test"],
-        out_dir=f"{RESULTS}/corpus",
-    log:
-        f"{LOGS}/synthesize_corpus.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synthesize_corpus.tsv"
-    shell:
-        "python -m a2d synthesize --seed {params.seed:q} --train {params.train:q} --valid {params.valid:q}"
-        " --test {params.test:q} --out-dir {params.out_dir:q} 2> {log:q}"
+if not REAL_DATA:
+
+    rule synthesize_corpus:
+        output:
+            expand(f"{RESULTS}/corpus/{{split}}.{{side}}", split=["train", "valid", "test"], side=["src", "tgt"]),
+        params:
+            seed=config["corpus"]["synthetic"]["seed"],
+            train=config["corpus"]["synthetic"]["train"],
+            valid=config["corpus"]["synthetic"]["valid"],
+            test=config["corpus"]["synthetic"]["test"],
+            out_dir=f"{RESULTS}/corpus",
+        log:
+            f"{LOGS}/synthesize_corpus.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/synthesize_corpus.tsv"
+        shell:
+            "python -m a2d synthesize --seed {params.seed:q} --train {params.train:q} --valid {params.valid:q}"
+            " --test {params.test:q} --out-dir {params.out_dir:q} 2> {log:q}"
+
+
+if REAL_DATA:
+
+    rule fetch:
+        """One side of a registry dataset: from the mirror if set, else its official source; sha256-checked."""
+        output:
+            f"{RESULTS}/raw/{{dataset}}.{{lang}}",
+        params:
+            entry=lambda wildcards: json.dumps(REGISTRY[wildcards.dataset], sort_keys=True),
+        wildcard_constraints:
+            dataset="|".join(map(re.escape, DATASETS)),
+            lang="|".join(map(re.escape, LANGS)),
+        log:
+            f"{LOGS}/fetch/{{dataset}}.{{lang}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch/{{dataset}}.{{lang}}.tsv"
+        shell:
+            "python -m a2d fetch --name {wildcards.dataset:q} --lang {wildcards.lang:q} --entry {params.entry:q}"
+            " --mirror {MIRROR:q} --output {output:q} 2> {log:q}"
+
+    rule prepare_eval:
+        """A validation or test set: concatenated, preprocessed like the training data, never filtered."""
+        input:
+            src=lambda wildcards: raw_files(wildcards.eval_split, LANGS[0]),
+            tgt=lambda wildcards: raw_files(wildcards.eval_split, LANGS[1]),
+        output:
+            src=f"{RESULTS}/corpus/{{eval_split}}.src",
+            tgt=f"{RESULTS}/corpus/{{eval_split}}.tgt",
+        params:
+            spec=lambda wildcards: split_spec(config, wildcards.eval_split),
+        log:
+            f"{LOGS}/prepare/{{eval_split}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/prepare/{{eval_split}}.tsv"
+        shell:
+            "python -m a2d prepare --spec {params.spec:q} --src {input.src:q} --tgt {input.tgt:q}"
+            " --output-src {output.src:q} --output-tgt {output.tgt:q} 2> {log:q}"
+
+    rule prepare_train:
+        """The training corpus: preprocessed, then cleaned against the evaluation sets (report beside it)."""
+        input:
+            src=raw_files("train", LANGS[0]),
+            tgt=raw_files("train", LANGS[1]),
+            eval_src=expand(f"{RESULTS}/corpus/{{split}}.src", split=["valid", *TEST_SETS]),
+            eval_tgt=expand(f"{RESULTS}/corpus/{{split}}.tgt", split=["valid", *TEST_SETS]),
+        output:
+            src=f"{RESULTS}/corpus/train.src",
+            tgt=f"{RESULTS}/corpus/train.tgt",
+            report=f"{RESULTS}/corpus/train.cleaning.json",
+        params:
+            spec=split_spec(config, "train"),
+            eval_names=["valid", *TEST_SETS],
+        log:
+            f"{LOGS}/prepare/train.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/prepare/train.tsv"
+        shell:
+            "python -m a2d prepare --spec {params.spec:q} --src {input.src:q} --tgt {input.tgt:q}"
+            " --eval-src {input.eval_src:q} --eval-tgt {input.eval_tgt:q} --eval-names {params.eval_names:q}"
+            " --output-src {output.src:q} --output-tgt {output.tgt:q} --report {output.report:q} 2> {log:q}"
 
 
 rule train_sentencepiece:
+    """The joint model on both sides of the training corpus, or one side's own model."""
     input:
-        src=f"{RESULTS}/corpus/train.src",
-        tgt=f"{RESULTS}/corpus/train.tgt",
+        spm_inputs,
     output:
-        model=f"{RESULTS}/spm/spm.model",
+        model=f"{RESULTS}/spm/{{spm_name}}.model",
     params:
         vocab_size=config["sentencepiece"]["vocab_size"],
         model_type=config["sentencepiece"]["model_type"],
         seed=config["sentencepiece"]["seed"],
     log:
-        f"{LOGS}/train_sentencepiece.log",
+        f"{LOGS}/train_sentencepiece/{{spm_name}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_sentencepiece.tsv"
+        f"{RESULTS}/benchmarks/train_sentencepiece/{{spm_name}}.tsv"
     threads: 2
     shell:
-        "python -m a2d train-spm --input {input.src:q} {input.tgt:q} --model {output.model:q}"
+        "python -m a2d train-spm --input {input:q} --model {output.model:q}"
         " --vocab-size {params.vocab_size:q} --model-type {params.model_type:q} --seed {params.seed:q}"
         " --threads {threads} 2> {log:q}"
 
 
 rule encode:
     input:
-        spm=f"{RESULTS}/spm/spm.model",
+        src_spm=SRC_SPM,
+        tgt_spm=TGT_SPM,
         src=f"{RESULTS}/corpus/{{split}}.src",
         tgt=f"{RESULTS}/corpus/{{split}}.tgt",
     output:
@@ -49,7 +113,7 @@ rule encode:
     benchmark:
         f"{RESULTS}/benchmarks/encode/{{split}}.tsv"
     shell:
-        "python -m a2d encode --spm {input.spm:q} --src {input.src:q} --tgt {input.tgt:q} --output {output:q} 2> {log:q}"
+        "python -m a2d encode --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} --src {input.src:q} --tgt {input.tgt:q} --output {output:q} 2> {log:q}"
 
 
 rule shard_train_sources:

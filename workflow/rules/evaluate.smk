@@ -2,7 +2,8 @@ rule translate:
     """A system translates a corpus file: a test set, or a shard of training sources (Seq-KD)."""
     input:
         model=f"{RESULTS}/models/{{system}}/model.safetensors",
-        spm=f"{RESULTS}/spm/spm.model",
+        src_spm=SRC_SPM,
+        tgt_spm=TGT_SPM,
         src=f"{RESULTS}/corpus/{{source}}.src",
     output:
         f"{RESULTS}/translations/{{system}}.{{source}}.txt",
@@ -17,7 +18,7 @@ rule translate:
     benchmark:
         f"{RESULTS}/benchmarks/translate/{{system}}.{{source}}.tsv"
     shell:
-        "python -m a2d translate --model {input.model:q} --spm {input.spm:q} --input {input.src:q}"
+        "python -m a2d translate --model {input.model:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} --input {input.src:q}"
         " --output {output:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"
         " --max-len-a {params.max_len_a:q} --max-len-b {params.max_len_b:q} --batch-size {params.batch_size:q}"
         " --threads {threads} 2> {log:q}"

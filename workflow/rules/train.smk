@@ -6,7 +6,8 @@ rule train:
         train=training_data,
         valid=f"{RESULTS}/data/valid.safetensors",
         valid_ref=f"{RESULTS}/corpus/valid.tgt",
-        spm=f"{RESULTS}/spm/spm.model",
+        src_spm=SRC_SPM,
+        tgt_spm=TGT_SPM,
     output:
         model=f"{RESULTS}/models/{{system}}/model.safetensors",
         summary=f"{RESULTS}/models/{{system}}/train.json",
@@ -21,6 +22,6 @@ rule train:
     threads: 2
     shell:
         "python -m a2d train --spec {params.spec:q} --train {input.train:q} --valid {input.valid:q}"
-        " --valid-ref {input.valid_ref:q} --spm {input.spm:q} {params.teacher:q}"
+        " --valid-ref {input.valid_ref:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} {params.teacher:q}"
         " --checkpoint-dir {params.checkpoint_dir:q} --output {output.model:q} --summary {output.summary:q}"
         " --threads {threads} 2> {log:q}"

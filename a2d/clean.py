@@ -1,0 +1,122 @@
+"""From fetched text to the corpus a model trains on: Moses tokenisation and lowercasing where the
+recipe asks for them (IWSLT'14), then, for training data only, cleaning that says what it removed
+and why. Evaluation sets are never filtered: every test line gets a translation."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+from a2d.files import read_parallel, write_json, write_lines
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    moses: bool = False  # Moses-tokenise (sacremoses, with its default escaping, like tokenizer.perl)
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    max_words: int = 250  # per side, whitespace words after preprocessing
+    max_ratio: float = 3.0  # longer side / shorter side, in words
+    dedup: bool = True  # drop exact duplicate pairs
+    decontaminate: bool = True  # drop training pairs whose source is in an evaluation set
+    overlap_warning: float = 0.05  # warn when more of an evaluation set than this is inside the training data
+
+
+@dataclass
+class CleaningReport:
+    input_pairs: int = 0
+    removed: Counter = field(default_factory=Counter)  # reason -> pairs
+    overlap: dict = field(default_factory=dict)  # evaluation set -> fraction of its pairs in the raw training data
+
+    @property
+    def kept(self) -> int:
+        return self.input_pairs - sum(self.removed.values())
+
+    def to_dict(self) -> dict:
+        return {"input_pairs": self.input_pairs, "kept_pairs": self.kept, "removed": dict(self.removed),
+                "eval_overlap": self.overlap}
+
+
+def preprocess_lines(lines: list[str], lang: str, pre: Preprocess, pretokenized: bool) -> list[str]:
+    if pre.moses and not pretokenized:
+        from sacremoses import MosesTokenizer
+
+        tokenizer = MosesTokenizer(lang=lang)
+        lines = [tokenizer.tokenize(line, return_str=True) for line in lines]
+    if pre.lowercase:
+        lines = [line.lower() for line in lines]
+    return lines
+
+
+def read_datasets(sources: list[str], targets: list[str], langs: tuple[str, str], pre: Preprocess,
+                  pretokenized: list[bool]) -> tuple[list[str], list[str]]:
+    """Concatenate the named datasets, each checked to align line by line, then preprocess."""
+    src_all, tgt_all = [], []
+    for src_path, tgt_path, done in zip(sources, targets, pretokenized, strict=True):
+        src, tgt = read_parallel(src_path, tgt_path)
+        src_all += preprocess_lines(src, langs[0], pre, done)
+        tgt_all += preprocess_lines(tgt, langs[1], pre, done)
+    return src_all, tgt_all
+
+
+def removal_reason(src: str, tgt: str, cfg: Cleaning) -> str | None:
+    n_src, n_tgt = len(src.split()), len(tgt.split())
+    if n_src == 0 or n_tgt == 0:
+        return "empty"
+    if max(n_src, n_tgt) > cfg.max_words:
+        return "too_long"
+    if max(n_src, n_tgt) / min(n_src, n_tgt) > cfg.max_ratio:
+        return "length_ratio"
+    return None
+
+
+def clean(src: list[str], tgt: list[str], cfg: Cleaning,
+          eval_sets: dict[str, tuple[list[str], list[str]]]) -> tuple[list[str], list[str], CleaningReport]:
+    """Filter training pairs; measure how much of each evaluation set the training data contains."""
+    report = CleaningReport(input_pairs=len(src))
+    train_pairs = set(zip(src, tgt))
+    for name, (eval_src, eval_tgt) in eval_sets.items():
+        inside = sum(pair in train_pairs for pair in zip(eval_src, eval_tgt))
+        report.overlap[name] = round(inside / len(eval_src), 4)
+        if report.overlap[name] > cfg.overlap_warning:
+            action = ("its pairs are removed from the training data (cleaning.decontaminate)" if cfg.decontaminate
+                      else "scores on it measure memorisation, not translation")
+            print(f"WARNING: {inside} of {len(eval_src)} pairs of evaluation set {name!r} "
+                  f"({100 * report.overlap[name]:.1f}%) are in the training data: {action}", file=sys.stderr)
+    eval_sources = {s for eval_src, _ in eval_sets.values() for s in eval_src} if cfg.decontaminate else set()
+    kept_src, kept_tgt, seen = [], [], set()
+    for s, t in zip(src, tgt):
+        reason = removal_reason(s, t, cfg)
+        if reason is None and s in eval_sources:
+            reason = "in_eval_set"
+        if reason is None and cfg.dedup:
+            reason = "duplicate" if (s, t) in seen else None
+            seen.add((s, t))
+        if reason:
+            report.removed[reason] += 1
+        else:
+            kept_src.append(s)
+            kept_tgt.append(t)
+    return kept_src, kept_tgt, report
+
+
+def prepare(spec: dict, sources: list[str], targets: list[str], out_src: str, out_tgt: str,
+            report_path: str | None = None, eval_sources: list[str] = (), eval_targets: list[str] = (),
+            eval_names: list[str] = ()) -> None:
+    """One split of an experiment's corpus. `spec` is the split's resolved data config (a rule param)."""
+    pre = Preprocess(**spec["preprocess"])
+    src, tgt = read_datasets(sources, targets, tuple(spec["languages"]), pre, spec["pretokenized"])
+    if report_path is not None:
+        evals = {name: read_parallel(s, t) for name, s, t in zip(eval_names, eval_sources, eval_targets, strict=True)}
+        src, tgt, report = clean(src, tgt, Cleaning(**spec["cleaning"]), evals)
+        if not src:
+            raise ValueError(f"cleaning removed all {report.input_pairs} training pairs: {dict(report.removed)}")
+        print(f"cleaning kept {report.kept} of {report.input_pairs} pairs; removed {dict(report.removed)}", file=sys.stderr)
+    write_lines(out_src, src)
+    write_lines(out_tgt, tgt)
+    if report_path is not None:
+        write_json(report_path, report.to_dict())
