@@ -13,7 +13,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+report: "workflow/report/workflow.rst"
+
+
 rule all:
     input:
         f"{RESULTS}/tables/results.md",
         f"{RESULTS}/tables/results.csv",
+        f"{RESULTS}/tables/results.tex",
+        f"{RESULTS}/tables/provenance.json",

@@ -75,13 +75,27 @@ def cmd_translate(args):
     write_lines(args.output, [tgt_sp.decode(hyp) for hyp in translate(model, sources, cfg)])
 
 
+def evaluation_config(args):
+    from a2d.evaluate import EvaluationConfig
+
+    return EvaluationConfig(tokenize=args.tokenize, lowercase=args.lowercase, bootstrap_samples=args.samples)
+
+
 def cmd_evaluate(args):
     from a2d.evaluate import score_files
     from a2d.files import write_json
 
-    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref)}
+    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref, evaluation_config(args))}
     write_json(args.output, result)
     print(result["bleu_detail"], file=sys.stderr)
+
+
+def cmd_significance(args):
+    from a2d.evaluate import significance
+    from a2d.files import write_json
+
+    rows = significance(args.systems, args.hyps, args.ref, args.baselines, evaluation_config(args))
+    write_json(args.output, {"test_set": args.test_set, "samples": args.samples, "comparisons": rows})
 
 
 def cmd_shard(args):
@@ -111,7 +125,9 @@ def cmd_plot_alignment(args):
 def cmd_tables(args):
     from a2d.tables import write_tables
 
-    write_tables(args.metrics, args.summaries, args.markdown, args.csv, args.figures)
+    write_tables(args.metrics, args.summaries, args.out_dir, significance_paths=args.significance,
+                 figure_paths=args.figures, baselines=args.baselines, level=args.level, samples=args.samples,
+                 config_json=args.config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -191,13 +207,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(run=cmd_translate)
 
+    def scoring_options(s):
+        s.add_argument("--tokenize", default="13a", help="sacrebleu BLEU tokenizer (none: text is already tokenised)")
+        s.add_argument("--lowercase", action="store_true")
+        s.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
+
     s = sub.add_parser("evaluate", help="BLEU and chrF with sacrebleu, saved as JSON with signatures")
     s.add_argument("--hyp", required=True)
     s.add_argument("--ref", required=True)
     s.add_argument("--system", required=True)
     s.add_argument("--test-set", required=True)
     s.add_argument("--output", required=True)
+    scoring_options(s)
     s.set_defaults(run=cmd_evaluate)
+
+    s = sub.add_parser("significance", help="paired bootstrap of every student against the baseline students")
+    s.add_argument("--ref", required=True)
+    s.add_argument("--test-set", required=True)
+    s.add_argument("--systems", nargs="+", required=True, help="run names, in the order of --hyps")
+    s.add_argument("--hyps", nargs="+", required=True)
+    s.add_argument("--baselines", nargs="+", required=True, help="configured names of the baseline students")
+    s.add_argument("--output", required=True)
+    scoring_options(s)
+    s.set_defaults(run=cmd_significance)
 
     s = sub.add_parser("shard", help="split a text file into contiguous shards for parallel jobs")
     s.add_argument("--input", required=True)
@@ -219,11 +251,15 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--output", required=True, help=".png")
         s.set_defaults(run=run)
 
-    s = sub.add_parser("tables", help="aggregate metrics into results.md and results.csv")
+    s = sub.add_parser("tables", help="results.md/.csv/.tex and provenance.json from metrics and significance tests")
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
-    s.add_argument("--markdown", required=True)
-    s.add_argument("--csv", required=True)
+    s.add_argument("--significance", nargs="*", default=[], help="JSON files written by `significance`")
+    s.add_argument("--baselines", nargs="*", default=[], help="the baseline students, in mark order")
+    s.add_argument("--level", type=float, default=0.05, help="significance level")
+    s.add_argument("--samples", type=int, default=1000, help="bootstrap samples (for the footnote)")
+    s.add_argument("--config", default="{}", help="the resolved experiment config as JSON (provenance)")
+    s.add_argument("--out-dir", required=True)
     s.add_argument("--figures", nargs="*", default=[], help="PNG files to link, named <system>.<kind>.png")
     s.set_defaults(run=cmd_tables)
     return p

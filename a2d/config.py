@@ -18,6 +18,7 @@ import yaml
 from a2d.clean import Cleaning, Preprocess
 from a2d.datasets import registry
 from a2d.distill import MethodConfig
+from a2d.evaluate import EvaluationConfig
 from a2d.model import ModelConfig
 from a2d.search import SearchConfig
 
@@ -158,6 +159,7 @@ def validate_config(config: dict, where: str = "config") -> None:
         raise ConfigError(f"{where}: seq_kd.shards {shards} exceeds the {config['corpus']['synthetic']['train']} "
                           "training pairs it would split")
     search_config(config)
+    evaluation_config(config)
     if "data" in config:
         check_data(config, where)
 
@@ -168,6 +170,13 @@ RESERVED_SPLITS = ("train", "valid", "train_seq_kd")
 def check_data(config: dict, where: str) -> None:
     """Every named dataset is in the registry and holds both languages of the experiment."""
     data, entries = config["data"], registry(config)
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        defs = yaml.safe_load(f)["$defs"]
+    try:
+        jsonschema.validate(entries, {"$defs": defs, "type": "object", "additionalProperties": {"$ref": "#/$defs/dataset"}})
+    except jsonschema.ValidationError as err:
+        location = ".".join(str(p) for p in err.absolute_path)
+        raise ConfigError(f"dataset registry (config/datasets.yaml, datasets:): at {location}: {err.message}") from None
     langs = (data["source"], data["target"])
     for split, names in [("train", data["train"]), ("valid", data["valid"]), *data["test"].items()]:
         for name in names:
@@ -229,7 +238,8 @@ def system_spec(config: dict, name: str) -> SystemSpec:
     training = {**config.get("training", {}), **entry.get("training", {})}
     seeds = config.get("seeds", [])
     if name != "teacher" and seeds:  # the teacher is trained once, with training.seed
-        training["seed"] = int(name.rpartition(SEED_SUFFIX)[2]) if len(seeds) > 1 else seeds[0]
+        suffix = name[len(base):].removeprefix(SEED_SUFFIX)
+        training["seed"] = int(suffix) if suffix else seeds[0]
     return SystemSpec(
         name=name,
         model=dict(entry.get("model", {})),
@@ -237,6 +247,20 @@ def system_spec(config: dict, name: str) -> SystemSpec:
         training=build(TrainingConfig, training, f"{name}.training"),
         targets=entry.get("targets", "reference"),
     )
+
+
+def evaluation_config(config: dict) -> EvaluationConfig:
+    return build(EvaluationConfig, config.get("evaluation", {}), "evaluation")
+
+
+def baselines(config: dict) -> list[str]:
+    """The students every other student is tested against: the first no-KD and the first Word-KD
+    student trained on the references, when the experiment has them."""
+    found = []
+    for label in ("none", "word_kd"):
+        found += [name for name in config["students"]
+                  if system_spec(config, name).targets == "reference" and system_spec(config, name).method.label == label][:1]
+    return found
 
 
 def seq_kd_config(config: dict) -> SeqKDConfig:

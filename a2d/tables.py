@@ -1,47 +1,143 @@
-"""Result tables: one row per system and test set, with the sacrebleu signature on every row and
-links to each system's figures."""
+"""Result tables in the paper's layout: one row per system (mean and standard deviation over seeds),
+BLEU and chrF per test set, marks for students significantly better than the no-KD and Word-KD
+baselines; as markdown, CSV (one row per run, with p-values) and LaTeX, the sacrebleu signatures under
+each. Provenance (resolved config, package versions, git commit) is written beside them."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from a2d.files import atomic_path, read_json
+from a2d.config import base_name
+from a2d.files import atomic_path, read_json, write_json
 
-COLUMNS = ["system", "method", "test_set", "bleu", "chrf", "parameters", "bleu_signature", "chrf_signature", "figures"]
+MARKS = ("†", "‡")  # first baseline (no-KD), second baseline (Word-KD)
+METRICS = ("bleu", "chrf")
+PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas")
 
 
-def results_frame(metric_paths: list[str], summary_paths: list[str], figure_paths: list[str] = ()) -> pd.DataFrame:
+def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_paths: list[str] = (),
+               figure_paths: list[str] = ()) -> pd.DataFrame:
+    """One row per trained run and test set: scores, method, size, p-values against each baseline."""
     summaries = {s["system"]: s for s in map(read_json, summary_paths)}
     figures: dict[str, list[str]] = {}
     for path in figure_paths:  # named <system>.<kind>.png
         figures.setdefault(Path(path).name.split(".")[0], []).append(str(path))
+    p_values = {}
+    for path in significance_paths:
+        result = read_json(path)
+        for row in result["comparisons"]:
+            for metric in METRICS:
+                p_values[(row["system"], result["test_set"], f"{metric}_p_vs_{row['baseline']}")] = row[f"{metric}_p"]
+                p_values[(row["system"], result["test_set"], f"{metric}_vs_{row['baseline']}")] = row["baseline_run"]
     rows = []
     for metrics in map(read_json, metric_paths):
-        summary = summaries.get(metrics["system"])
+        run = metrics["system"]
+        summary = summaries.get(run)
         if summary is None:
-            raise ValueError(f"no training summary for system {metrics['system']!r}")
-        rows.append({**metrics, "method": summary["method"], "parameters": summary["parameters"],
-                     "figures": ";".join(sorted(figures.get(metrics["system"], [])))})
-    return pd.DataFrame(rows, columns=COLUMNS)
+            raise ValueError(f"no training summary for system {run!r}")
+        extra = {key[2]: value for key, value in p_values.items() if key[:2] == (run, metrics["test_set"])}
+        rows.append({"system": base_name(run), "run": run, "method": summary["method"],
+                     "parameters": summary["parameters"], "test_set": metrics["test_set"],
+                     **{m: metrics[m] for m in METRICS}, "bleu_signature": metrics["bleu_signature"],
+                     "chrf_signature": metrics["chrf_signature"],
+                     "figures": ";".join(sorted(figures.get(run, []))), **extra})
+    return pd.DataFrame(rows)
 
 
-def write_tables(metric_paths: list[str], summary_paths: list[str], markdown_path: str, csv_path: str,
-                 figure_paths: list[str] = ()) -> pd.DataFrame:
-    frame = results_frame(metric_paths, summary_paths, figure_paths)
-    with atomic_path(csv_path) as tmp:
-        frame.to_csv(tmp, index=False)
+def better(runs: pd.DataFrame, metric: str, baseline: str, level: float, scores: dict) -> bool:
+    """Significantly better than the baseline in every seed pair: p below the level and a higher score
+    (sacrebleu gives even an identical system the smallest p-value, so the score must be checked too)."""
+    column = f"{metric}_p_vs_{baseline}"
+    if column not in runs or runs[column].isna().any():
+        return False
+    return all(p < level and scores[run] > scores[partner]
+               for run, p, partner in zip(runs["run"], runs[column], runs[f"{metric}_vs_{baseline}"]))
+
+
+def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.DataFrame:
+    """Systems x (test set, metric) cells "mean ± std" with significance marks."""
+    table = {}
+    for system, group in runs.groupby("system", sort=False):
+        row = {"method": group["method"].iloc[0], "parameters": f"{group['parameters'].iloc[0]:,}",
+               "seeds": group["run"].nunique()}
+        for test_set in dict.fromkeys(runs["test_set"]):
+            cell_runs = group[group["test_set"] == test_set]
+            on_test_set = runs[runs["test_set"] == test_set]
+            for metric in METRICS:
+                scores = dict(zip(on_test_set["run"], on_test_set[metric]))
+                values = cell_runs[metric]
+                cell = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+                cell += "".join(mark for mark, baseline in zip(MARKS, baselines)
+                                if better(cell_runs, metric, baseline, level, scores))
+                row[f"{test_set} {metric}"] = cell
+        table[system] = row
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("system")
+
+
+def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: int) -> list[str]:
+    lines = [f"{mark} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
+             for mark, baseline in zip(MARKS, baselines)]
+    lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
+    return lines + [f"sacrebleu {kind}: {sig}" for kind in ("bleu", "chrf")
+                    for sig in sorted(set(runs[f"{kind}_signature"]))]
+
+
+def latex(table: pd.DataFrame, notes: list[str]) -> str:
+    escape = lambda s: str(s).replace("_", r"\_").replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("%", r"\%")  # noqa: E731
+    columns = ["system", *table.columns]
+    lines = [r"\begin{tabular}{l" + "l" * (len(columns) - 1) + "}", r"\toprule",
+             " & ".join(escape(c) for c in columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(escape(v) for v in (name, *row)) + r" \\" for name, row in table.iterrows()]
+    lines += [r"\bottomrule", r"\end{tabular}", ""] + [f"% {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def provenance(config_json: str) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"config": json.loads(config_json), "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(status) if status is not None else None, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
+                 figure_paths=(), baselines=(), level: float = 0.05, samples: int = 1000,
+                 config_json: str = "{}") -> pd.DataFrame:
+    """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
+    out = Path(out_dir)
+    runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths)
+    table = paper_frame(runs, list(baselines), level)
+    notes = footnote(runs, list(baselines), level, samples)
+    with atomic_path(out / "results.csv") as tmp:
+        runs.drop(columns=["figures"]).to_csv(tmp, index=False)
+    with atomic_path(out / "results.tex") as tmp:
+        tmp.write_text(latex(table, notes), encoding="utf-8")
 
     def links(paths: str) -> str:  # relative to the markdown file, so they work where it is viewed
-        return " ".join(f"[{Path(p).name.split('.')[1]}]({os.path.relpath(p, Path(markdown_path).parent)})"
-                        for p in paths.split(";") if p)
+        return " ".join(f"[{Path(p).name.split('.')[1]}]({os.path.relpath(p, out)})" for p in paths.split(";") if p)
 
-    shown = frame.drop(columns=["bleu_signature", "chrf_signature"]).assign(figures=frame["figures"].map(links))
-    signatures = sorted(set(frame["bleu_signature"])) + sorted(set(frame["chrf_signature"]))
-    text = (shown.to_markdown(index=False, floatfmt=".2f", intfmt=",") + "\n\nsacrebleu: "
-            + "; ".join(f"`{s}`" for s in signatures) + "\n")
-    with atomic_path(markdown_path) as tmp:
+    figures = runs.groupby("system", sort=False)["figures"].first().map(links)
+    shown = table.assign(figures=figures)
+    text = shown.to_markdown() + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+    with atomic_path(out / "results.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return frame
+    write_json(out / "provenance.json", provenance(config_json))
+    return table

@@ -6,7 +6,7 @@ import yaml
 from a2d.config import ConfigError, SystemSpec, load_config, system_spec, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted(ROOT.glob("config/**/*.yaml")) + sorted(ROOT.glob("tests/configs/*.yaml"))
+CONFIGS = sorted(p for p in ROOT.glob("config/**/*.yaml") if p.name != "datasets.yaml") + sorted(ROOT.glob("tests/configs/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -63,3 +63,44 @@ def test_more_seq_kd_shards_than_training_pairs_fails_at_config_time():
     config["seq_kd"] = {"shards": config["corpus"]["synthetic"]["train"] + 1}
     with pytest.raises(ConfigError, match="seq_kd.shards"):
         validate_config(config)
+
+
+def real_config():
+    return yaml.safe_load((ROOT / "config" / "experiments" / "wmt22_de_dsb_cpu.yaml").read_text())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["data"]["train"].append("wmt22_de_dsb/nope"), r"data.train: unknown dataset 'wmt22_de_dsb/nope'"),
+    (lambda c: c["data"].update(target="en"), r"data.train: dataset 'wmt22_de_dsb/train' has no en side"),
+    (lambda c: c["data"]["test"].update(valid=["wmt22_de_dsb/valid2022"]), r"data.test: 'valid' is a reserved"),
+    (lambda c: c["data"]["cleaning"].update(max_ratio=0.5), r"at data.cleaning.max_ratio"),
+    (lambda c: c.update(datasets={"mine": {"xx": {"sha256": "abc"}}}), r"at datasets.mine.xx.sha256: .abc. does not match"),
+    (lambda c: c.update(corpus={"synthetic": {"seed": 1, "train": 1, "valid": 1, "test": 1}}), r"is valid under each"),
+])
+def test_data_section_errors_name_their_place(edit, message):
+    config = real_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_a_users_own_files_need_no_code(tmp_path):
+    config = real_config()
+    config["datasets"] = {"mine/train": {"de": {"path": "/data/train.de"}, "dsb": {"path": "/data/train.dsb"}}}
+    config["data"]["train"] = ["mine/train"]
+    validate_config(config)
+
+
+def test_seeds_train_every_student_once_per_seed_and_the_teacher_once():
+    from a2d.config import base_name, baselines, systems
+
+    config = real_config()
+    config["seeds"] = [3, 7]
+    assert systems(config) == ["teacher", "student_nokd_seed3", "student_nokd_seed7", "student_word_kd_seed3",
+                               "student_word_kd_seed7", "student_a2d_seed3", "student_a2d_seed7"]
+    assert system_spec(config, "student_a2d_seed7").training.seed == 7
+    assert system_spec(config, "teacher").training.seed == config["training"]["seed"]
+    assert base_name("student_a2d_seed7") == "student_a2d" and base_name("teacher") == "teacher"
+    assert baselines(config) == ["student_nokd", "student_word_kd"]
+    config["seeds"] = [5]  # one seed: names unchanged, that seed used
+    assert systems(config)[1] == "student_nokd" and system_spec(config, "student_nokd").training.seed == 5

@@ -1,5 +1,6 @@
 """The Snakemake DAG end to end on tests/configs/tiny.yaml (about a minute on 2 cores)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -51,6 +52,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert table["bleu_signature"].str.contains("tok:13a").all()
     assert table.loc[0, "parameters"] > table.loc[1, "parameters"] == table.loc[2, "parameters"]
     markdown = (results / "tables" / "results.md").read_text()
+    assert "| student_a2d " in markdown and "- † better than student_nokd" in markdown
+    assert "- ‡ better than student_word_kd" in markdown
     assert "[aam](../figures/student_a2d.aam.png)" in markdown and "[curves](../figures/teacher.curves.png)" in markdown
     for system in ("student_a2d", "student_a2d_corrected_layerwise"):
         assert (results / "figures" / f"{system}.aam.png").read_bytes()[:4] == b"\x89PNG"
@@ -69,8 +72,8 @@ def test_pipeline_end_to_end(tmp_path):
     edited["students"]["student_a2d"]["method"]["alpha"] = 0.3
     config.write_text(yaml.safe_dump(edited))
     jobs = planned_jobs(snakemake(tmp_path, config, "--dry-run"))
-    assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "plot_training": 1, "plot_alignment": 1,
-                    "tables": 1, "all": 1}, jobs
+    assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "significance": 1, "plot_training": 1,
+                    "plot_alignment": 1, "tables": 1, "all": 1}, jobs
     plan = snakemake(tmp_path, config, "--dry-run")
     assert "models/student_a2d/model.safetensors" in plan and "models/student_nokd/model.safetensors" not in plan
 
@@ -85,3 +88,69 @@ def test_configfile_replaces_the_default_config(tmp_path):
     plan = snakemake(tmp_path, tmp_path / "mine.yaml", "--dry-run")
     assert "models/only/model.safetensors" in plan and "student_nokd" not in plan
     assert planned_jobs(plan)["train"] == 2
+
+
+MIRROR = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="needs the offline data mirror ../shared/data")
+def test_pipeline_on_real_data_from_the_mirror(tmp_path, monkeypatch):
+    """Fetch (sha256-checked) from the mirror, Moses + lowercase, clean against the test sets, separate
+    subword models, two seeds per student; the paper-layout tables, significance tests, provenance and
+    the Snakemake report."""
+    monkeypatch.setenv("A2D_MIRROR", str(MIRROR))
+    config = tmp_path / "tiny_real.yaml"
+    shutil.copy(ROOT / "tests" / "configs" / "tiny_real.yaml", config)
+    snakemake(tmp_path, config)
+
+    results = tmp_path / "results" / "tiny_real"
+    report = json.loads((results / "corpus" / "train.cleaning.json").read_text())
+    # europarl_valid is both the validation set and a test set: all of it is outside train already
+    assert report["input_pairs"] == 1000 and report["kept_pairs"] == 1000 - sum(report["removed"].values())
+    assert set(report["eval_overlap"]) == {"valid", "europarl_test", "europarl_valid"}
+    assert report["removed"]["length_ratio"] > 0
+    train_src = (results / "corpus" / "train.src").read_text().splitlines()
+    assert all(line == line.lower() for line in train_src) and any(" ," in line for line in train_src)  # Moses
+    assert (results / "spm" / "src.model").exists() and (results / "spm" / "tgt.model").exists()
+
+    runs = pd.read_csv(results / "tables" / "results.csv")
+    students = ["student_nokd_seed1", "student_nokd_seed2", "student_word_kd_seed1", "student_word_kd_seed2",
+                "student_a2d_seed1", "student_a2d_seed2"]
+    assert sorted(runs["run"].unique()) == sorted(["teacher", *students])
+    assert set(runs["test_set"]) == {"europarl_test", "europarl_valid"}
+    assert runs["bleu_signature"].str.contains("tok:none").all()
+    a2d = runs[(runs["run"] == "student_a2d_seed2") & (runs["test_set"] == "europarl_test")].iloc[0]
+    assert a2d["bleu_vs_student_nokd"] == "student_nokd_seed2" and 0 < a2d["bleu_p_vs_student_nokd"] <= 1
+    assert a2d["bleu_vs_student_word_kd"] == "student_word_kd_seed2"
+    # the two seeds really are different runs
+    seeds = runs[(runs["system"] == "student_a2d") & (runs["test_set"] == "europarl_test")]
+    weights = [(results / "models" / run / "model.safetensors").read_bytes() for run in seeds["run"]]
+    assert len(weights) == 2 and weights[0] != weights[1]
+
+    markdown = (results / "tables" / "results.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| student_a2d "))
+    mean, std = seeds["bleu"].mean(), seeds["bleu"].std(ddof=1)
+    assert f"{mean:.2f} ± {std:.2f}" in row and "| 2 " in row
+    assert "sacrebleu bleu: nrefs:1|case:mixed|eff:no|tok:none" in markdown
+    latex = (results / "tables" / "results.tex").read_text()
+    assert latex.startswith(r"\begin{tabular}") and r"student\_a2d" in latex and r"$\pm$" in latex
+    provenance = json.loads((results / "tables" / "provenance.json").read_text())
+    assert provenance["config"]["experiment"] == "tiny_real" and provenance["packages"]["sacrebleu"] == "2.6.0"
+
+    snakemake(tmp_path, config, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "results.csv" in html and "student_a2d_seed1.curves.png" in html
+
+    # Moving the mirror does not re-fetch (nor re-train) anything.
+    monkeypatch.setenv("A2D_MIRROR", str(tmp_path / "elsewhere"))
+    assert "Nothing to be done" in snakemake(tmp_path, config, "--dry-run")
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "config" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_plans(tmp_path, config):
+    """Paper-scale and CPU experiments alike build a complete DAG (`snakemake -n`)."""
+    plan = planned_jobs(snakemake(tmp_path, config, "--dry-run"))
+    assert plan["train"] >= 4 and plan["tables"] == 1
+    if yaml.safe_load(config.read_text()).get("data"):
+        assert plan["fetch"] >= 6 and plan["prepare_train"] == 1

@@ -1,7 +1,7 @@
 import json
 import re
 
-from a2d.config import (search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
+from a2d.config import (baselines, evaluation_config, search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
                         test_sets, validate_config)
 from a2d.datasets import mirror_dir, registry
 
@@ -26,6 +26,11 @@ TGT_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'tgt'}.model"
 DECODING = search_config(config)
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
+EVALUATION = evaluation_config(config)
+# sacrebleu options shared by scoring and significance tests
+SCORING_FLAGS = ["--tokenize", EVALUATION.tokenize, "--samples", str(EVALUATION.bootstrap_samples)] + (
+    ["--lowercase"] if EVALUATION.lowercase else [])
+BASELINES = baselines(config)
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:

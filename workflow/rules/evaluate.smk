@@ -30,20 +30,43 @@ rule evaluate:
         ref=f"{RESULTS}/corpus/{{test_set}}.tgt",
     output:
         f"{RESULTS}/metrics/{{system}}.{{test_set}}.json",
+    params:
+        scoring=SCORING_FLAGS,
     log:
         f"{LOGS}/evaluate/{{system}}.{{test_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{system}}.{{test_set}}.tsv"
     shell:
         "python -m a2d evaluate --hyp {input.hyp:q} --ref {input.ref:q} --system {wildcards.system:q}"
-        " --test-set {wildcards.test_set:q} --output {output:q} 2> {log:q}"
+        " --test-set {wildcards.test_set:q} {params.scoring:q} --output {output:q} 2> {log:q}"
+
+
+rule significance:
+    """Paired bootstrap of every student against the no-KD and Word-KD students on one test set."""
+    input:
+        hyps=expand(f"{RESULTS}/translations/{{system}}.{{{{test_set}}}}.txt", system=SYSTEMS),
+        ref=f"{RESULTS}/corpus/{{test_set}}.tgt",
+    output:
+        f"{RESULTS}/significance/{{test_set}}.json",
+    params:
+        systems=SYSTEMS,
+        baselines=BASELINES,
+        scoring=SCORING_FLAGS,
+    log:
+        f"{LOGS}/significance/{{test_set}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/significance/{{test_set}}.tsv"
+    shell:
+        "python -m a2d significance --ref {input.ref:q} --test-set {wildcards.test_set:q} --systems {params.systems:q}"
+        " --hyps {input.hyps:q} --baselines {params.baselines:q} {params.scoring:q} --output {output:q} 2> {log:q}"
 
 
 rule plot_training:
     input:
         f"{RESULTS}/models/{{system}}/train.json",
     output:
-        f"{RESULTS}/figures/{{system}}.curves.png",
+        report(f"{RESULTS}/figures/{{system}}.curves.png", caption="../report/curves.rst", category="Training curves",
+               labels={"system": "{system}"}),
     log:
         f"{LOGS}/plot_training/{{system}}.log",
     shell:
@@ -54,7 +77,8 @@ rule plot_alignment:
     input:
         f"{RESULTS}/models/{{a2d_system}}/train.json",
     output:
-        f"{RESULTS}/figures/{{a2d_system}}.aam.png",
+        report(f"{RESULTS}/figures/{{a2d_system}}.aam.png", caption="../report/aam.rst", category="Attention alignment",
+               labels={"system": "{a2d_system}"}),
     log:
         f"{LOGS}/plot_alignment/{{a2d_system}}.log",
     shell:
@@ -65,15 +89,26 @@ rule tables:
     input:
         metrics=expand(f"{RESULTS}/metrics/{{system}}.{{test_set}}.json", system=SYSTEMS, test_set=TEST_SETS),
         summaries=expand(f"{RESULTS}/models/{{system}}/train.json", system=SYSTEMS),
+        significance=expand(f"{RESULTS}/significance/{{test_set}}.json", test_set=TEST_SETS) if BASELINES else [],
         figures=expand(f"{RESULTS}/figures/{{system}}.curves.png", system=SYSTEMS)
         + expand(f"{RESULTS}/figures/{{system}}.aam.png", system=A2D_SYSTEMS),
     output:
         markdown=f"{RESULTS}/tables/results.md",
-        csv=f"{RESULTS}/tables/results.csv",
+        csv=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Results"),
+        latex=f"{RESULTS}/tables/results.tex",
+        provenance=f"{RESULTS}/tables/provenance.json",
+    params:
+        out_dir=f"{RESULTS}/tables",
+        baselines=BASELINES,
+        level=EVALUATION.significance_level,
+        samples=EVALUATION.bootstrap_samples,
+        config=json.dumps(config, sort_keys=True),
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/tables.tsv"
     shell:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
-        " --figures {input.figures:q} --markdown {output.markdown:q} --csv {output.csv:q} 2> {log:q}"
+        " --significance {input.significance:q} --baselines {params.baselines:q} --level {params.level:q}"
+        " --samples {params.samples:q} --config {params.config:q} --figures {input.figures:q}"
+        " --out-dir {params.out_dir:q} 2> {log:q}"

@@ -1,0 +1,76 @@
+"""Preprocessing and cleaning of training data, and the errors bad input gets."""
+
+import json
+
+import pytest
+
+from a2d.clean import Cleaning, Preprocess, clean, preprocess_lines, prepare
+from a2d.files import InputError
+
+
+def test_each_removal_reason_is_counted():
+    src = ["a b c", "", "a b c", "w " * 30, "one", "x y", "seen in test"]
+    tgt = ["d e f", "leer", "d e f", "v " * 30, "one two three four", "x y", "gesehen"]
+    kept_src, kept_tgt, report = clean(src, tgt, Cleaning(max_words=20, max_ratio=3.0),
+                                       {"test": (["seen in test"], ["gesehen"])})
+    assert kept_src == ["a b c", "x y"] and kept_tgt == ["d e f", "x y"]
+    assert report.to_dict() == {"input_pairs": 7, "kept_pairs": 2, "eval_overlap": {"test": 1.0},
+                                "removed": {"empty": 1, "duplicate": 1, "too_long": 1, "length_ratio": 1,
+                                            "in_eval_set": 1}}
+
+
+def test_overlap_with_an_evaluation_set_warns_loudly(capsys):
+    train = ([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)])
+    dev = (["s1", "s2", "new"], ["t1", "t2", "neu"])
+    _, _, report = clean(*train, Cleaning(decontaminate=False, overlap_warning=0.5), {"dev": dev})
+    assert report.overlap == {"dev": 0.6667} and report.kept == 10  # kept: decontamination is off
+    assert "WARNING: 2 of 3 pairs of evaluation set 'dev' (66.7%) are in the training data" in capsys.readouterr().err
+    _, _, report = clean(*train, Cleaning(overlap_warning=0.5), {"dev": dev})
+    assert report.removed == {"in_eval_set": 2} and "removed from the training data" in capsys.readouterr().err
+    clean(*train, Cleaning(overlap_warning=0.9), {"dev": dev})
+    assert capsys.readouterr().err == ""
+
+
+def test_moses_tokenisation_and_lowercasing_like_the_iwslt14_recipe():
+    lines = ["It's fine, isn't it?", "\"Quoted\" & done."]
+    assert preprocess_lines(lines, "en", Preprocess(moses=True, lowercase=True), pretokenized=False) == \
+        ["it &apos;s fine , isn &apos;t it ?", "&quot; quoted &quot; &amp; done ."]
+    # already tokenised text (fairseq's prepare-iwslt14.sh output) is not tokenised twice
+    assert preprocess_lines(["it &apos;s"], "en", Preprocess(moses=True), pretokenized=True) == ["it &apos;s"]
+
+
+def spec(datasets=1, **cleaning):
+    return {"languages": ["de", "en"], "datasets": list("ab")[:datasets], "pretokenized": [False] * datasets,
+            "preprocess": {"moses": False, "lowercase": False}, "cleaning": {**Cleaning().__dict__, **cleaning}}
+
+
+def write(path, text: bytes):
+    path.write_bytes(text)
+    return str(path)
+
+
+def test_prepare_concatenates_datasets_and_reports(tmp_path):
+    files = [write(tmp_path / n, t) for n, t in
+             (("a.de", b"eins\nzwei\n"), ("a.en", b"one\ntwo\n"), ("b.de", b"drei\neins\n"), ("b.en", b"three\none\n"))]
+    prepare(spec(datasets=2), files[0::2], files[1::2], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
+    assert (tmp_path / "o.de").read_text().splitlines() == ["eins", "zwei", "drei"]
+    assert json.loads((tmp_path / "r.json").read_text())["removed"] == {"duplicate": 1}
+
+
+@pytest.mark.parametrize("de, en, message", [
+    (b"eins\nzwei\n", b"one\n", r"a\.de has 2 lines but .*a\.en has 1"),
+    (b"eins\nzw\xffei\n", b"one\ntwo\n", r"a\.de:2: invalid UTF-8"),
+    (b"", b"", r"a\.de: file is empty"),
+])
+def test_bad_input_names_file_and_line_and_leaves_no_output(tmp_path, de, en, message):
+    src, tgt = write(tmp_path / "a.de", de), write(tmp_path / "a.en", en)
+    with pytest.raises(InputError, match=message):
+        prepare(spec(), [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "a.en"]
+
+
+def test_cleaning_that_removes_everything_is_an_error(tmp_path):
+    src, tgt = write(tmp_path / "a.de", b"x\n"), write(tmp_path / "a.en", b"one two three four\n")
+    with pytest.raises(ValueError, match=r"cleaning removed all 1 training pairs: {'length_ratio': 1}"):
+        prepare(spec(), [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
+    assert not (tmp_path / "o.de").exists() and not (tmp_path / "r.json").exists()

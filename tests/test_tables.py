@@ -1,0 +1,76 @@
+"""Paper-layout tables: mean ± std over seeds, significance marks, LaTeX, provenance; the paired
+bootstrap pairing runs by seed."""
+
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from a2d.evaluate import EvaluationConfig, significance
+from a2d.files import InputError, write_json
+from a2d.tables import write_tables
+
+SIG = {"bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}
+
+
+def results(tmp_path, scores: dict[str, tuple[float, float]], p_values: dict[str, float]):
+    """Metric and summary files for runs on one test set, and a significance file vs student_nokd."""
+    metrics, summaries = [], []
+    for run, (bleu, chrf) in scores.items():
+        metrics.append(tmp_path / f"{run}.json")
+        write_json(metrics[-1], {"system": run, "test_set": "test", "bleu": bleu, "chrf": chrf, **SIG})
+        summaries.append(tmp_path / f"{run}.train.json")
+        write_json(summaries[-1], {"system": run, "method": run.split("_seed")[0].removeprefix("student_"),
+                                   "parameters": 1000 if run == "teacher" else 100})
+    comparisons = [{"system": run, "baseline": "student_nokd", "baseline_run": "student_nokd" + run[-6:],
+                    "bleu_p": p, "chrf_p": p} for run, p in p_values.items()]
+    write_json(tmp_path / "sig.json", {"test_set": "test", "comparisons": comparisons})
+    return [str(p) for p in metrics], [str(p) for p in summaries], [str(tmp_path / "sig.json")]
+
+
+def test_mean_std_marks_latex_and_provenance(tmp_path):
+    scores = {"teacher": (30.0, 55.0), "student_nokd_seed1": (20.0, 50.0), "student_nokd_seed2": (22.0, 52.0),
+              "student_a2d_seed1": (24.0, 51.0), "student_a2d_seed2": (25.0, 50.0),
+              "student_wkd_seed1": (23.0, 53.0), "student_wkd_seed2": (21.0, 53.0)}
+    # a2d: significant in both seed pairs for BLEU; chrF has p < 0.05 but is lower in seed 2.
+    # wkd: significant in seed 1 only.
+    p_values = {"student_a2d_seed1": 0.01, "student_a2d_seed2": 0.02, "student_wkd_seed1": 0.01, "student_wkd_seed2": 0.3}
+    metrics, summaries, sig = results(tmp_path, scores, p_values)
+    table = write_tables(metrics, summaries, str(tmp_path / "tables"), significance_paths=sig,
+                         baselines=["student_nokd"], config_json='{"experiment": "x"}')
+    assert list(table.index) == ["teacher", "student_nokd", "student_a2d", "student_wkd"]
+    assert table.loc["student_a2d", "test bleu"] == "24.50 ± 0.71†"  # std of (24, 25), n-1
+    assert table.loc["student_a2d", "test chrf"] == "50.50 ± 0.71"  # 50 < 52 in seed 2: no mark
+    assert table.loc["student_wkd", "test bleu"] == "22.00 ± 1.41"
+    assert table.loc["teacher", "test bleu"] == "30.00" and table.loc["teacher", "seeds"] == 1
+
+    runs = pd.read_csv(tmp_path / "tables" / "results.csv")
+    assert len(runs) == 7 and runs.set_index("run").loc["student_wkd_seed2", "bleu_p_vs_student_nokd"] == 0.3
+    markdown = (tmp_path / "tables" / "results.md").read_text()
+    assert "| student_a2d  | a2d" in markdown and "- sacrebleu bleu: nrefs:1|tok:13a" in markdown
+    latex = (tmp_path / "tables" / "results.tex").read_text()
+    assert r"student\_a2d & a2d & 100 & 2 & 24.50 $\pm$ 0.71$^\dagger$ & 50.50 $\pm$ 0.71 \\" in latex
+    provenance = json.loads((tmp_path / "tables" / "provenance.json").read_text())
+    assert provenance["config"] == {"experiment": "x"} and len(provenance["git_commit"] or "x" * 40) == 40
+    assert provenance["packages"]["torch"].startswith("2.13")
+
+
+def test_significance_pairs_runs_of_the_same_seed(tmp_path):
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on mat house big small red".split()
+    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(60)]
+    noisy = lambda keep: [" ".join(w if rng.random() < keep else rng.choice(words) for w in r.split()) for r in refs]  # noqa: E731
+    (tmp_path / "ref").write_text("\n".join(refs) + "\n")
+    names = ["teacher", "student_nokd_seed1", "student_nokd_seed2", "student_a2d_seed1", "student_a2d_seed2"]
+    for name, keep in zip(names, (0.9, 0.3, 0.3, 0.9, 0.3)):
+        (tmp_path / name).write_text("\n".join(noisy(keep)) + "\n")
+    rows = significance(names, [str(tmp_path / n) for n in names], str(tmp_path / "ref"), ["student_nokd"],
+                        EvaluationConfig(bootstrap_samples=200))
+    assert [(r["system"], r["baseline_run"]) for r in rows] == [("student_a2d_seed1", "student_nokd_seed1"),
+                                                                ("student_a2d_seed2", "student_nokd_seed2")]
+    assert rows[0]["bleu_p"] < 0.05 < rows[1]["bleu_p"]  # much better vs. equally noisy
+
+    with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
+        significance(names, [str(tmp_path / n) for n in names], str(tmp_path / "ref"), ["student_wkd"],
+                     EvaluationConfig(bootstrap_samples=10))
