@@ -39,11 +39,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _text(raw: bytes, name: str) -> bytes:
-    """Decompressed bytes of a download (.gz) without a leading UTF-8 BOM."""
+def _decompress(raw: bytes, name: str) -> bytes:
+    """The text of a download or archive member named `name` (gunzipped if it is a .gz)."""
     if name.endswith(".gz") and not name.endswith((".tar.gz", ".tgz")):
-        raw = gzip.decompress(raw)
-    return raw[len(BOM):] if raw.startswith(BOM) else raw
+        return gzip.decompress(raw)
+    return raw
 
 
 def _member(archive: bytes, pattern: str, url: str) -> bytes:
@@ -74,7 +74,8 @@ def fetch_side(name: str, lang: str, entry: dict, output: str, mirror: str | Non
     """Write one language side of dataset `name` to `output`; returns where it came from."""
     side = entry.get(lang)
     if side is None:
-        raise InputError(f"dataset {name} has no {lang!r} side (it has {', '.join(k for k in entry if len(k) <= 3)})")
+        sides = [key for key in entry if key not in ("description", "pretokenized")]
+        raise InputError(f"dataset {name} has no {lang!r} side (it has {', '.join(sides)})")
     if "path" in side:  # a user's own file: used as is, checked when a checksum is given
         origin = side["path"]
         data = Path(origin).read_bytes()
@@ -91,7 +92,7 @@ def fetch_side(name: str, lang: str, entry: dict, output: str, mirror: str | Non
         origin = side["url"]
         raw = _download(origin)
         data = _member(raw, side["member"], origin) if "member" in side else raw
-        data = _text(data, origin if "member" not in side else side["member"])
+        data = _decompress(data, side.get("member", origin))
     else:
         where = f"mirror {mirror}" if mirror else f"no mirror (set data.mirror or ${MIRROR_ENV})"
         raise InputError(f"dataset {name} ({lang}): {side.get('mirror', '?')} not found in {where}, "
