@@ -30,7 +30,8 @@ class Cleaning:
 class CleaningReport:
     input_pairs: int = 0
     removed: Counter = field(default_factory=Counter)  # reason -> pairs
-    overlap: dict = field(default_factory=dict)  # evaluation set -> fraction of its pairs in the raw training data
+    # evaluation set -> fractions of its source sentences and of its pairs found in the raw training data
+    overlap: dict = field(default_factory=dict)
 
     @property
     def kept(self) -> int:
@@ -78,15 +79,17 @@ def clean(src: list[str], tgt: list[str], cfg: Cleaning,
           eval_sets: dict[str, tuple[list[str], list[str]]]) -> tuple[list[str], list[str], CleaningReport]:
     """Filter training pairs; measure how much of each evaluation set the training data contains."""
     report = CleaningReport(input_pairs=len(src))
-    train_pairs = set(zip(src, tgt))
+    train_sources, train_pairs = set(src), set(zip(src, tgt))
     for name, (eval_src, eval_tgt) in eval_sets.items():
-        inside = sum(pair in train_pairs for pair in zip(eval_src, eval_tgt))
-        report.overlap[name] = round(inside / len(eval_src), 4)
-        if report.overlap[name] > cfg.overlap_warning:
-            action = ("its pairs are removed from the training data (cleaning.decontaminate)" if cfg.decontaminate
+        sources = sum(s in train_sources for s in eval_src)
+        pairs = sum(pair in train_pairs for pair in zip(eval_src, eval_tgt))
+        report.overlap[name] = {"sources": round(sources / len(eval_src), 4), "pairs": round(pairs / len(eval_src), 4)}
+        if report.overlap[name]["sources"] > cfg.overlap_warning:
+            action = ("training pairs with those sources are removed (cleaning.decontaminate)" if cfg.decontaminate
                       else "scores on it measure memorisation, not translation")
-            print(f"WARNING: {inside} of {len(eval_src)} pairs of evaluation set {name!r} "
-                  f"({100 * report.overlap[name]:.1f}%) are in the training data: {action}", file=sys.stderr)
+            print(f"WARNING: {sources} of {len(eval_src)} source sentences of evaluation set {name!r} "
+                  f"({100 * sources / len(eval_src):.1f}%; {pairs} whole pairs) are in the training data: {action}",
+                  file=sys.stderr)
     eval_sources = {s for eval_src, _ in eval_sets.values() for s in eval_src} if cfg.decontaminate else set()
     kept_src, kept_tgt, seen = [], [], set()
     for s, t in zip(src, tgt):

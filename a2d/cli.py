@@ -24,7 +24,7 @@ def cmd_fetch(args):
 
     from a2d.datasets import fetch_side
 
-    origin = fetch_side(args.name, args.lang, json.loads(args.entry), args.output, args.mirror or None)
+    origin = fetch_side(args.name, args.lang, json.loads(args.side), args.output, args.mirror or None)
     print(f"{args.name} ({args.lang}): {origin} -> {args.output} (sha256 checked)", file=sys.stderr)
 
 
@@ -127,7 +127,7 @@ def cmd_tables(args):
 
     write_tables(args.metrics, args.summaries, args.out_dir, significance_paths=args.significance,
                  figure_paths=args.figures, baselines=args.baselines, level=args.level, samples=args.samples,
-                 config_json=args.config)
+                 config_json=args.config, cleaning_path=args.cleaning_report, overlap_warning=args.overlap_warning)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fetch", help="one side of a registry dataset, from a mirror or its source, sha256-checked")
     s.add_argument("--name", required=True, help="registry name, e.g. wmt22_de_dsb/train")
     s.add_argument("--lang", required=True)
-    s.add_argument("--entry", required=True, help="the registry entry as JSON")
+    s.add_argument("--side", required=True, help="the registry entry's side for this language, as JSON")
     s.add_argument("--mirror", default="", help="local mirror directory (empty: none)")
     s.add_argument("--output", required=True)
     s.set_defaults(run=cmd_fetch)
@@ -258,7 +258,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", nargs="*", default=[], help="the baseline students, in mark order")
     s.add_argument("--level", type=float, default=0.05, help="significance level")
     s.add_argument("--samples", type=int, default=1000, help="bootstrap samples (for the footnote)")
-    s.add_argument("--config", default="{}", help="the resolved experiment config as JSON (provenance)")
+    s.add_argument("--config", default="{}", help="the resolved experiment as JSON (provenance)")
+    s.add_argument("--cleaning-report", help="train.cleaning.json: overlaps above --overlap-warning go under the table")
+    s.add_argument("--overlap-warning", type=float, default=0.05)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--figures", nargs="*", default=[], help="PNG files to link, named <system>.<kind>.png")
     s.set_defaults(run=cmd_tables)

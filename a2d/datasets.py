@@ -39,16 +39,23 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _decompress(raw: bytes, name: str) -> bytes:
-    """The text of a download or archive member named `name` (gunzipped if it is a .gz)."""
-    if name.endswith(".gz") and not name.endswith((".tar.gz", ".tgz")):
-        return gzip.decompress(raw)
-    return raw
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _text(raw: bytes) -> bytes:
+    """The text of a file from any origin: gunzipped when it is gzip data, without a UTF-8 BOM."""
+    if raw.startswith(GZIP_MAGIC):
+        raw = gzip.decompress(raw)
+    return raw.removeprefix(BOM)
 
 
 def _member(archive: bytes, pattern: str, url: str) -> bytes:
     """The one archive member whose base name matches `pattern`."""
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(archive))
+    except tarfile.TarError as err:
+        raise InputError(f"{url}: not a tar archive ({err}), but the registry names a member {pattern!r}") from None
+    with tar:
         files = [m for m in tar.getmembers() if m.isfile()]
         found = [m for m in files if fnmatch.fnmatch(Path(m.name).name, pattern)]
         if len(found) != 1:
@@ -70,34 +77,35 @@ def _sacrebleu_file(spec: dict) -> bytes:
     return Path(path).read_bytes()
 
 
-def fetch_side(name: str, lang: str, entry: dict, output: str, mirror: str | None) -> str:
-    """Write one language side of dataset `name` to `output`; returns where it came from."""
-    side = entry.get(lang)
-    if side is None:
-        sides = [key for key in entry if key not in ("description", "pretokenized")]
-        raise InputError(f"dataset {name} has no {lang!r} side (it has {', '.join(sides)})")
+def fetch_side(name: str, lang: str, side: dict, output: str, mirror: str | None) -> str:
+    """Write one language side (`side`: its registry entry) of dataset `name` to `output`; returns
+    where it came from."""
     if "path" in side:  # a user's own file: used as is, checked when a checksum is given
         origin = side["path"]
         data = Path(origin).read_bytes()
     elif mirror and "mirror" in side and (Path(mirror) / side["mirror"]).is_file():
         origin = str(Path(mirror) / side["mirror"])
         data = Path(origin).read_bytes()
+    elif mirror and "mirror" in side and not ("url" in side or "sacrebleu" in side):
+        raise InputError(f"dataset {name} ({lang}): {side['mirror']} is not in mirror {mirror}, "
+                         "and the registry declares no download for it")
     elif "sacrebleu" in side:
         origin = f"sacrebleu -t {side['sacrebleu']['test_set']} -l {side['sacrebleu']['langpair']}"
         data = _sacrebleu_file(side["sacrebleu"])
     elif "url" in side:
+        if mirror and "mirror" in side:
+            print(f"{side['mirror']} is not in mirror {mirror}: downloading {side['url']}", file=sys.stderr)
         if "sha256" not in side:
             raise InputError(f"dataset {name} ({lang}): no sha256 declared for {side['url']}; refusing an unchecked "
                              "download (add the sha256 of the decompressed text to the registry)")
         origin = side["url"]
         raw = _download(origin)
         data = _member(raw, side["member"], origin) if "member" in side else raw
-        data = _decompress(data, side.get("member", origin))
     else:
         where = f"mirror {mirror}" if mirror else f"no mirror (set data.mirror or ${MIRROR_ENV})"
         raise InputError(f"dataset {name} ({lang}): {side.get('mirror', '?')} not found in {where}, "
                          "and the registry declares no download for it")
-    data = data[len(BOM):] if data.startswith(BOM) else data
+    data = _text(data)
     if "sha256" not in side:
         print(f"WARNING: dataset {name} ({lang}) declares no sha256: {origin} is used unverified", file=sys.stderr)
     elif sha256(data) != side["sha256"]:

@@ -17,7 +17,7 @@ import pandas as pd
 from a2d.config import base_name
 from a2d.files import atomic_path, read_json, write_json
 
-MARKS = ("†", "‡")  # first baseline (no-KD), second baseline (Word-KD)
+MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method
 METRICS = ("bleu", "chrf")
 PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas")
 
@@ -61,8 +61,15 @@ def better(runs: pd.DataFrame, metric: str, baseline: str, level: float, scores:
                for run, p, partner in zip(runs["run"], runs[column], runs[f"{metric}_vs_{baseline}"]))
 
 
+def marks(runs: pd.DataFrame, baselines: list[str]) -> dict[str, str]:
+    """Baseline system -> its mark."""
+    method = runs.groupby("system")["method"].first()
+    return {baseline: MARKS[method[baseline]] for baseline in baselines}
+
+
 def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.DataFrame:
     """Systems x (test set, metric) cells "mean ± std" with significance marks."""
+    mark_of = marks(runs, baselines)
     table = {}
     for system, group in runs.groupby("system", sort=False):
         row = {"method": group["method"].iloc[0], "parameters": f"{group['parameters'].iloc[0]:,}",
@@ -74,23 +81,30 @@ def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.Da
                 scores = dict(zip(on_test_set["run"], on_test_set[metric]))
                 values = cell_runs[metric]
                 cell = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-                cell += "".join(mark for mark, baseline in zip(MARKS, baselines)
+                cell += "".join(mark_of[baseline] for baseline in baselines
                                 if better(cell_runs, metric, baseline, level, scores))
                 row[f"{test_set} {metric}"] = cell
         table[system] = row
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("system")
 
 
-def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: int) -> list[str]:
+def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: int, cleaning: dict | None,
+             overlap_warning: float) -> list[str]:
     lines = [f"{mark} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
-             for mark, baseline in zip(MARKS, baselines)]
+             for baseline, mark in marks(runs, baselines).items()]
     lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
+    for name, overlap in (cleaning or {}).get("eval_overlap", {}).items():
+        if overlap["sources"] > overlap_warning:
+            lines.append(f"WARNING: {100 * overlap['sources']:.1f}% of the source sentences of {name} were in the "
+                         f"raw training data ({cleaning['removed'].get('in_eval_set', 0)} training pairs removed "
+                         "as in an evaluation set)")
     return lines + [f"sacrebleu {kind}: {sig}" for kind in ("bleu", "chrf")
                     for sig in sorted(set(runs[f"{kind}_signature"]))]
 
 
 def latex(table: pd.DataFrame, notes: list[str]) -> str:
-    escape = lambda s: str(s).replace("_", r"\_").replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("%", r"\%")  # noqa: E731
+    """A booktabs tabular (\\usepackage{booktabs}); the notes become comments under it."""
+    escape = lambda s: str(s).replace("&", r"\&").replace("#", r"\#").replace("_", r"\_").replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("%", r"\%")  # noqa: E731
     columns = ["system", *table.columns]
     lines = [r"\begin{tabular}{l" + "l" * (len(columns) - 1) + "}", r"\toprule",
              " & ".join(escape(c) for c in columns) + r" \\", r"\midrule"]
@@ -100,9 +114,11 @@ def latex(table: pd.DataFrame, notes: list[str]) -> str:
 
 
 def provenance(config_json: str) -> dict:
-    def git(*args):
+    """The resolved experiment plus the code and environment that produced the results."""
+    def git(*args):  # of the a2d checkout, wherever the workflow's working directory is
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                                  cwd=Path(__file__).resolve().parent).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
@@ -113,19 +129,20 @@ def provenance(config_json: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"config": json.loads(config_json), "git_commit": git("rev-parse", "HEAD"),
+    return {**json.loads(config_json), "git_commit": git("rev-parse", "HEAD"),
             "git_dirty": bool(status) if status is not None else None, "python": platform.python_version(),
             "platform": platform.platform(), "packages": versions}
 
 
 def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
                  figure_paths=(), baselines=(), level: float = 0.05, samples: int = 1000,
-                 config_json: str = "{}") -> pd.DataFrame:
+                 config_json: str = "{}", cleaning_path: str | None = None, overlap_warning: float = 0.05) -> pd.DataFrame:
     """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
     out = Path(out_dir)
     runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths)
     table = paper_frame(runs, list(baselines), level)
-    notes = footnote(runs, list(baselines), level, samples)
+    cleaning = read_json(cleaning_path) if cleaning_path else None
+    notes = footnote(runs, list(baselines), level, samples, cleaning, overlap_warning)
     with atomic_path(out / "results.csv") as tmp:
         runs.drop(columns=["figures"]).to_csv(tmp, index=False)
     with atomic_path(out / "results.tex") as tmp:

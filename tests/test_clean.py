@@ -14,19 +14,20 @@ def test_each_removal_reason_is_counted():
     kept_src, kept_tgt, report = clean(src, tgt, Cleaning(max_words=20, max_ratio=3.0),
                                        {"test": (["seen in test"], ["gesehen"])})
     assert kept_src == ["a b c", "x y"] and kept_tgt == ["d e f", "x y"]
-    assert report.to_dict() == {"input_pairs": 7, "kept_pairs": 2, "eval_overlap": {"test": 1.0},
+    assert report.to_dict() == {"input_pairs": 7, "kept_pairs": 2, "eval_overlap": {"test": {"sources": 1.0, "pairs": 1.0}},
                                 "removed": {"empty": 1, "duplicate": 1, "too_long": 1, "length_ratio": 1,
                                             "in_eval_set": 1}}
 
 
 def test_overlap_with_an_evaluation_set_warns_loudly(capsys):
     train = ([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)])
-    dev = (["s1", "s2", "new"], ["t1", "t2", "neu"])
+    dev = (["s1", "s2", "new"], ["t1", "another translation", "neu"])  # s2 is in train with another target
     _, _, report = clean(*train, Cleaning(decontaminate=False, overlap_warning=0.5), {"dev": dev})
-    assert report.overlap == {"dev": 0.6667} and report.kept == 10  # kept: decontamination is off
-    assert "WARNING: 2 of 3 pairs of evaluation set 'dev' (66.7%) are in the training data" in capsys.readouterr().err
+    assert report.overlap == {"dev": {"sources": 0.6667, "pairs": 0.3333}} and report.kept == 10  # decontamination off
+    assert ("WARNING: 2 of 3 source sentences of evaluation set 'dev' (66.7%; 1 whole pairs) are in the training data: "
+            "scores on it measure memorisation") in capsys.readouterr().err
     _, _, report = clean(*train, Cleaning(overlap_warning=0.5), {"dev": dev})
-    assert report.removed == {"in_eval_set": 2} and "removed from the training data" in capsys.readouterr().err
+    assert report.removed == {"in_eval_set": 2} and "with those sources are removed" in capsys.readouterr().err
     clean(*train, Cleaning(overlap_warning=0.9), {"dev": dev})
     assert capsys.readouterr().err == ""
 

@@ -24,7 +24,7 @@ def test_from_the_mirror_with_checksum(tmp_path):
     (tmp_path / "m" / "corpus").mkdir(parents=True)
     (tmp_path / "m" / "corpus" / "train.de").write_bytes(TEXT)
     entry = {"de": {"mirror": "corpus/train.de", "sha256": digest(TEXT), "url": "https://unreachable.invalid/x.gz"}}
-    origin = fetch_side("toy/train", "de", entry, str(tmp_path / "out.de"), str(tmp_path / "m"))
+    origin = fetch_side("toy/train", "de", entry["de"], str(tmp_path / "out.de"), str(tmp_path / "m"))
     assert origin == str(tmp_path / "m" / "corpus" / "train.de")  # the mirror wins over the download
     assert (tmp_path / "out.de").read_bytes() == TEXT
 
@@ -33,14 +33,14 @@ def test_checksum_mismatch_names_the_file_and_writes_nothing(tmp_path):
     (tmp_path / "train.de").write_bytes(TEXT + b"tampered\n")
     entry = {"de": {"mirror": "train.de", "sha256": digest(TEXT)}}
     with pytest.raises(InputError, match=r"train\.de: sha256 .* does not match .* toy/train \(de\)"):
-        fetch_side("toy/train", "de", entry, str(tmp_path / "out.de"), str(tmp_path))
+        fetch_side("toy/train", "de", entry["de"], str(tmp_path / "out.de"), str(tmp_path))
     assert not (tmp_path / "out.de").exists()
 
 
 def test_download_of_a_gzip_strips_the_bom(tmp_path):
     (tmp_path / "valid.de.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + TEXT))
     entry = {"de": {"url": (tmp_path / "valid.de.gz").as_uri(), "sha256": digest(TEXT)}}
-    fetch_side("toy/valid", "de", entry, str(tmp_path / "out.de"), mirror=None)
+    fetch_side("toy/valid", "de", entry["de"], str(tmp_path / "out.de"), mirror=None)
     assert (tmp_path / "out.de").read_bytes() == TEXT
 
 
@@ -55,31 +55,37 @@ def tgz(path: Path, members: dict[str, bytes]) -> None:
 def test_download_of_an_archive_member(tmp_path):
     tgz(tmp_path / "devtest.tgz", {"devtest/dev.de": TEXT, "devtest/devtest.de": b"other\n"})
     entry = {"de": {"url": (tmp_path / "devtest.tgz").as_uri(), "member": "dev.de", "sha256": digest(TEXT)}}
-    fetch_side("toy/dev", "de", entry, str(tmp_path / "out.de"), mirror=None)
+    fetch_side("toy/dev", "de", entry["de"], str(tmp_path / "out.de"), mirror=None)
     assert (tmp_path / "out.de").read_bytes() == TEXT
 
     entry["de"]["member"] = "test.de"
     with pytest.raises(InputError, match=r"0 members match 'test.de'.*devtest/dev.de, devtest/devtest.de"):
-        fetch_side("toy/dev", "de", entry, str(tmp_path / "out2.de"), mirror=None)
+        fetch_side("toy/dev", "de", entry["de"], str(tmp_path / "out2.de"), mirror=None)
 
 
 def test_a_download_without_checksum_is_refused(tmp_path):
     (tmp_path / "x.de").write_bytes(TEXT)
     with pytest.raises(InputError, match="no sha256 declared"):
-        fetch_side("toy/x", "de", {"de": {"url": (tmp_path / "x.de").as_uri()}}, str(tmp_path / "o"), None)
+        fetch_side("toy/x", "de", {"url": (tmp_path / "x.de").as_uri()}, str(tmp_path / "o"), None)
 
 
 def test_nowhere_to_get_it_from(tmp_path):
     entry = {"de": {"mirror": "iwslt/train.de"}}
     with pytest.raises(InputError, match=r"iwslt/train.de not found in no mirror .*declares no download"):
-        fetch_side("iwslt/train", "de", entry, str(tmp_path / "o"), None)
-    with pytest.raises(InputError, match="has no 'en' side"):
-        fetch_side("iwslt/train", "en", entry, str(tmp_path / "o"), None)
+        fetch_side("iwslt/train", "de", entry["de"], str(tmp_path / "o"), None)
+    with pytest.raises(InputError, match=r"iwslt/train.de is not in mirror .*declares no download"):
+        fetch_side("iwslt/train", "de", entry["de"], str(tmp_path / "o"), str(tmp_path))
+
+
+def test_a_mirror_or_own_file_may_be_gzipped(tmp_path):
+    (tmp_path / "train.de.gz").write_bytes(gzip.compress(TEXT))
+    fetch_side("toy/x", "de", {"path": str(tmp_path / "train.de.gz"), "sha256": digest(TEXT)}, str(tmp_path / "o"), None)
+    assert (tmp_path / "o").read_bytes() == TEXT
 
 
 def test_a_users_own_file(tmp_path):
     (tmp_path / "mine.xx").write_bytes(TEXT)
-    fetch_side("mine", "xx", {"xx": {"path": str(tmp_path / "mine.xx")}}, str(tmp_path / "o"), None)
+    fetch_side("mine", "xx", {"path": str(tmp_path / "mine.xx")}, str(tmp_path / "o"), None)
     assert (tmp_path / "o").read_bytes() == TEXT
 
 
@@ -90,6 +96,6 @@ def test_every_mirrored_registry_entry_matches_its_checksum(tmp_path):
     for name, entry in registry.items():
         for lang, side in entry.items():
             if isinstance(side, dict) and "sha256" in side and (MIRROR / side.get("mirror", "-")).is_file():
-                fetch_side(name, lang, entry, str(tmp_path / "out"), str(MIRROR))
+                fetch_side(name, lang, side, str(tmp_path / "out"), str(MIRROR))
                 checked += 1
     assert checked >= 30

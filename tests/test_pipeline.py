@@ -136,7 +136,9 @@ def test_pipeline_on_real_data_from_the_mirror(tmp_path, monkeypatch):
     latex = (results / "tables" / "results.tex").read_text()
     assert latex.startswith(r"\begin{tabular}") and r"student\_a2d" in latex and r"$\pm$" in latex
     provenance = json.loads((results / "tables" / "provenance.json").read_text())
-    assert provenance["config"]["experiment"] == "tiny_real" and provenance["packages"]["sacrebleu"] == "2.6.0"
+    assert provenance["config"]["experiment"] == "tiny_real" and provenance["packages"]["sacrebleu"] is not None
+    assert provenance["systems"]["student_a2d_seed2"]["training"]["seed"] == 2
+    assert provenance["datasets"]["wmt14/europarl_v7_smoke"]["de"]["sha256"] and len(provenance["git_commit"]) == 40
 
     snakemake(tmp_path, config, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")

@@ -21,10 +21,11 @@ def results(tmp_path, scores: dict[str, tuple[float, float]], p_values: dict[str
         metrics.append(tmp_path / f"{run}.json")
         write_json(metrics[-1], {"system": run, "test_set": "test", "bleu": bleu, "chrf": chrf, **SIG})
         summaries.append(tmp_path / f"{run}.train.json")
-        write_json(summaries[-1], {"system": run, "method": run.split("_seed")[0].removeprefix("student_"),
+        method = {"student_nokd": "none", "student_wkd": "word_kd"}.get(run.split("_seed")[0], "a2d")
+        write_json(summaries[-1], {"system": run, "method": method,
                                    "parameters": 1000 if run == "teacher" else 100})
-    comparisons = [{"system": run, "baseline": "student_nokd", "baseline_run": "student_nokd" + run[-6:],
-                    "bleu_p": p, "chrf_p": p} for run, p in p_values.items()]
+    comparisons = [{"system": run, "baseline": baseline, "baseline_run": baseline + run[-6:], "bleu_p": p, "chrf_p": p}
+                   for (run, baseline), p in p_values.items()]
     write_json(tmp_path / "sig.json", {"test_set": "test", "comparisons": comparisons})
     return [str(p) for p in metrics], [str(p) for p in summaries], [str(tmp_path / "sig.json")]
 
@@ -35,25 +36,42 @@ def test_mean_std_marks_latex_and_provenance(tmp_path):
               "student_wkd_seed1": (23.0, 53.0), "student_wkd_seed2": (21.0, 53.0)}
     # a2d: significant in both seed pairs for BLEU; chrF has p < 0.05 but is lower in seed 2.
     # wkd: significant in seed 1 only.
-    p_values = {"student_a2d_seed1": 0.01, "student_a2d_seed2": 0.02, "student_wkd_seed1": 0.01, "student_wkd_seed2": 0.3}
+    # a2d vs wkd: better and p < 0.05 in both seed pairs for BLEU.
+    p_values = {("student_a2d_seed1", "student_nokd"): 0.01, ("student_a2d_seed2", "student_nokd"): 0.02,
+                ("student_wkd_seed1", "student_nokd"): 0.01, ("student_wkd_seed2", "student_nokd"): 0.3,
+                ("student_a2d_seed1", "student_wkd"): 0.04, ("student_a2d_seed2", "student_wkd"): 0.001}
     metrics, summaries, sig = results(tmp_path, scores, p_values)
     table = write_tables(metrics, summaries, str(tmp_path / "tables"), significance_paths=sig,
-                         baselines=["student_nokd"], config_json='{"experiment": "x"}')
+                         baselines=["student_nokd", "student_wkd"], config_json='{"config": {"experiment": "x"}}')
     assert list(table.index) == ["teacher", "student_nokd", "student_a2d", "student_wkd"]
-    assert table.loc["student_a2d", "test bleu"] == "24.50 ± 0.71†"  # std of (24, 25), n-1
+    assert table.loc["student_a2d", "test bleu"] == "24.50 ± 0.71†‡"  # std of (24, 25), n-1
     assert table.loc["student_a2d", "test chrf"] == "50.50 ± 0.71"  # 50 < 52 in seed 2: no mark
     assert table.loc["student_wkd", "test bleu"] == "22.00 ± 1.41"
     assert table.loc["teacher", "test bleu"] == "30.00" and table.loc["teacher", "seeds"] == 1
 
     runs = pd.read_csv(tmp_path / "tables" / "results.csv")
     assert len(runs) == 7 and runs.set_index("run").loc["student_wkd_seed2", "bleu_p_vs_student_nokd"] == 0.3
+    # marks follow the baseline's method, not its position
+    only_wkd = write_tables(metrics, summaries, str(tmp_path / "t2"), significance_paths=sig, baselines=["student_wkd"])
+    assert only_wkd.loc["student_a2d", "test bleu"] == "24.50 ± 0.71‡"
     markdown = (tmp_path / "tables" / "results.md").read_text()
     assert "| student_a2d  | a2d" in markdown and "- sacrebleu bleu: nrefs:1|tok:13a" in markdown
     latex = (tmp_path / "tables" / "results.tex").read_text()
-    assert r"student\_a2d & a2d & 100 & 2 & 24.50 $\pm$ 0.71$^\dagger$ & 50.50 $\pm$ 0.71 \\" in latex
+    assert r"student\_a2d & a2d & 100 & 2 & 24.50 $\pm$ 0.71$^\dagger$$^\ddagger$ & 50.50 $\pm$ 0.71 \\" in latex
     provenance = json.loads((tmp_path / "tables" / "provenance.json").read_text())
-    assert provenance["config"] == {"experiment": "x"} and len(provenance["git_commit"] or "x" * 40) == 40
-    assert provenance["packages"]["torch"].startswith("2.13")
+    assert provenance["config"] == {"experiment": "x"} and len(provenance["git_commit"]) == 40  # of the a2d checkout
+    assert provenance["packages"]["torch"] is not None and provenance["packages"]["sacrebleu"] is not None
+
+
+def test_an_evaluation_set_inside_the_training_data_is_flagged_under_the_table(tmp_path):
+    metrics, summaries, _ = results(tmp_path, {"teacher": (30.0, 55.0)}, {})
+    write_json(tmp_path / "cleaning.json", {"removed": {"in_eval_set": 585},
+                                            "eval_overlap": {"valid": {"sources": 0.9651, "pairs": 0.9651},
+                                                             "test": {"sources": 0.0, "pairs": 0.0}}})
+    write_tables(metrics, summaries, str(tmp_path / "tables"), cleaning_path=str(tmp_path / "cleaning.json"))
+    notes = (tmp_path / "tables" / "results.md").read_text()
+    assert "- WARNING: 96.5% of the source sentences of valid were in the raw training data (585" in notes
+    assert "of test were" not in notes
 
 
 def test_significance_pairs_runs_of_the_same_seed(tmp_path):

@@ -3,6 +3,7 @@ import re
 
 from a2d.config import (baselines, evaluation_config, search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
                         test_sets, validate_config)
+from a2d.clean import Cleaning
 from a2d.datasets import mirror_dir, registry
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
@@ -28,9 +29,10 @@ DECODING = search_config(config)
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
 EVALUATION = evaluation_config(config)
 # sacrebleu options shared by scoring and significance tests
-SCORING_FLAGS = ["--tokenize", EVALUATION.tokenize, "--samples", str(EVALUATION.bootstrap_samples)] + (
-    ["--lowercase"] if EVALUATION.lowercase else [])
+SCORING_FLAGS = ["--tokenize", EVALUATION.tokenize] + (["--lowercase"] if EVALUATION.lowercase else [])
+BOOTSTRAP_FLAGS = ["--samples", str(EVALUATION.bootstrap_samples)]
 BASELINES = baselines(config)
+OVERLAP_WARNING = config.get("data", {}).get("cleaning", {}).get("overlap_warning", Cleaning.overlap_warning)
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:
@@ -70,6 +72,21 @@ def raw_files(split, lang):
     return [f"{RESULTS}/raw/{name}.{lang}" for name in split_datasets(config, split)]
 
 
+def own_file(wildcards):
+    """A user's own file (`path:`) is an input, so editing it re-fetches; registry downloads are not."""
+    side = REGISTRY[wildcards.dataset][wildcards.lang]
+    return [side["path"]] if "path" in side else []
+
+
 def spm_inputs(wildcards):
     sides = {"joint": ["src", "tgt"], "src": ["src"], "tgt": ["tgt"]}[wildcards.spm_name]
     return [f"{RESULTS}/corpus/train.{side}" for side in sides]
+
+
+def provenance_config():
+    """The resolved experiment for provenance: the config, every system's full spec, and the
+    registry entries of the datasets used."""
+    resolved = {"config": config, "systems": {name: json.loads(system_spec(config, name).to_json()) for name in SYSTEMS}}
+    if REAL_DATA:
+        resolved["datasets"] = {name: REGISTRY[name] for name in DATASETS}
+    return resolved

@@ -22,10 +22,12 @@ if REAL_DATA:
 
     rule fetch:
         """One side of a registry dataset: from the mirror if set, else its official source; sha256-checked."""
+        input:
+            own_file,
         output:
             f"{RESULTS}/raw/{{dataset}}.{{lang}}",
         params:
-            entry=lambda wildcards: json.dumps(REGISTRY[wildcards.dataset], sort_keys=True),
+            side=lambda wildcards: json.dumps(REGISTRY[wildcards.dataset][wildcards.lang], sort_keys=True),
         wildcard_constraints:
             dataset="|".join(map(re.escape, DATASETS)),
             lang="|".join(map(re.escape, LANGS)),
@@ -34,7 +36,7 @@ if REAL_DATA:
         benchmark:
             f"{RESULTS}/benchmarks/fetch/{{dataset}}.{{lang}}.tsv"
         shell:
-            "python -m a2d fetch --name {wildcards.dataset:q} --lang {wildcards.lang:q} --entry {params.entry:q}"
+            "python -m a2d fetch --name {wildcards.dataset:q} --lang {wildcards.lang:q} --side {params.side:q}"
             " --mirror {MIRROR:q} --output {output:q} 2> {log:q}"
 
     rule prepare_eval:
@@ -67,7 +69,7 @@ if REAL_DATA:
             tgt=f"{RESULTS}/corpus/train.tgt",
             report=f"{RESULTS}/corpus/train.cleaning.json",
         params:
-            spec=split_spec(config, "train"),
+            spec=lambda wildcards: split_spec(config, "train"),  # a callable: braces in it are not wildcards
             eval_names=["valid", *TEST_SETS],
         log:
             f"{LOGS}/prepare/train.log",

@@ -51,7 +51,7 @@ rule significance:
     params:
         systems=SYSTEMS,
         baselines=BASELINES,
-        scoring=SCORING_FLAGS,
+        scoring=SCORING_FLAGS + BOOTSTRAP_FLAGS,
     log:
         f"{LOGS}/significance/{{test_set}}.log",
     benchmark:
@@ -90,6 +90,7 @@ rule tables:
         metrics=expand(f"{RESULTS}/metrics/{{system}}.{{test_set}}.json", system=SYSTEMS, test_set=TEST_SETS),
         summaries=expand(f"{RESULTS}/models/{{system}}/train.json", system=SYSTEMS),
         significance=expand(f"{RESULTS}/significance/{{test_set}}.json", test_set=TEST_SETS) if BASELINES else [],
+        cleaning=[f"{RESULTS}/corpus/train.cleaning.json"] if REAL_DATA else [],
         figures=expand(f"{RESULTS}/figures/{{system}}.curves.png", system=SYSTEMS)
         + expand(f"{RESULTS}/figures/{{system}}.aam.png", system=A2D_SYSTEMS),
     output:
@@ -102,7 +103,9 @@ rule tables:
         baselines=BASELINES,
         level=EVALUATION.significance_level,
         samples=EVALUATION.bootstrap_samples,
-        config=json.dumps(config, sort_keys=True),
+        config=lambda wildcards: json.dumps(provenance_config(), sort_keys=True),
+        cleaning=lambda wildcards, input: ["--cleaning-report", input.cleaning[0]] if input.cleaning else [],
+        overlap_warning=OVERLAP_WARNING,
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -111,4 +114,5 @@ rule tables:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
         " --significance {input.significance:q} --baselines {params.baselines:q} --level {params.level:q}"
         " --samples {params.samples:q} --config {params.config:q} --figures {input.figures:q}"
+        " {params.cleaning:q} --overlap-warning {params.overlap_warning:q}"
         " --out-dir {params.out_dir:q} 2> {log:q}"
