@@ -151,7 +151,9 @@ def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str
     def links(paths: str) -> str:  # relative to the markdown file, so they work where it is viewed
         return " ".join(f"[{Path(p).name.split('.')[1]}]({os.path.relpath(p, out)})" for p in paths.split(";") if p)
 
-    figures = runs.groupby("system", sort=False)["figures"].first().map(links)
+    # every run's figures (each seed has its own curves)
+    figures = runs.groupby("system", sort=False)["figures"].agg(lambda f: ";".join(dict.fromkeys(";".join(f).split(";"))))
+    figures = figures.map(links)
     shown = table.assign(figures=figures)
     text = shown.to_markdown() + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     with atomic_path(out / "results.md") as tmp:

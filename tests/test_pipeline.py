@@ -133,6 +133,7 @@ def test_pipeline_on_real_data_from_the_mirror(tmp_path, monkeypatch):
     mean, std = seeds["bleu"].mean(), seeds["bleu"].std(ddof=1)
     assert f"{mean:.2f} ± {std:.2f}" in row and re.search(r"\|\s+2\s+\|", row)  # two seeds
     assert "sacrebleu bleu: nrefs:1|case:mixed|eff:no|tok:none" in markdown
+    assert "student_a2d_seed1.curves.png" in row and "student_a2d_seed2.curves.png" in row
     latex = (results / "tables" / "results.tex").read_text()
     assert latex.startswith(r"\begin{tabular}") and r"student\_a2d" in latex and r"$\pm$" in latex
     provenance = json.loads((results / "tables" / "provenance.json").read_text())
