@@ -126,6 +126,11 @@ class SystemSpec:
                      f"{self.name}.model")
 
 
+def schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 def load_config(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as f:
         config = yaml.safe_load(f)
@@ -135,10 +140,8 @@ def load_config(path: str | Path) -> dict:
 
 def validate_config(config: dict, where: str = "config") -> None:
     """Schema check, then build every system spec so that bad values fail now."""
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        schema = yaml.safe_load(f)
     try:
-        jsonschema.validate(config, schema)
+        jsonschema.validate(config, schema())
     except jsonschema.ValidationError as err:
         location = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"{where}: at {location}: {err.message}") from None
@@ -170,10 +173,8 @@ RESERVED_SPLITS = ("train", "valid", "train_seq_kd")
 def check_data(config: dict, where: str) -> None:
     """Every named dataset is in the registry and holds both languages of the experiment."""
     data, entries = config["data"], registry(config)
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        defs = yaml.safe_load(f)["$defs"]
     try:
-        jsonschema.validate(entries, {"$defs": defs, "type": "object", "additionalProperties": {"$ref": "#/$defs/dataset"}})
+        jsonschema.validate(entries, {"$defs": schema()["$defs"], "type": "object", "additionalProperties": {"$ref": "#/$defs/dataset"}})
     except jsonschema.ValidationError as err:
         location = ".".join(str(p) for p in err.absolute_path)
         raise ConfigError(f"dataset registry (config/datasets.yaml, datasets:): at {location}: {err.message}") from None
