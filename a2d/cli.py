@@ -78,7 +78,8 @@ def cmd_translate(args):
 def evaluation_config(args):
     from a2d.evaluate import EvaluationConfig
 
-    return EvaluationConfig(tokenize=args.tokenize, lowercase=args.lowercase, bootstrap_samples=args.samples)
+    samples = getattr(args, "samples", EvaluationConfig.bootstrap_samples)  # only `significance` resamples
+    return EvaluationConfig(tokenize=args.tokenize, lowercase=args.lowercase, bootstrap_samples=samples)
 
 
 def cmd_evaluate(args):
@@ -210,7 +211,6 @@ def parser() -> argparse.ArgumentParser:
     def scoring_options(s):
         s.add_argument("--tokenize", default="13a", help="sacrebleu BLEU tokenizer (none: text is already tokenised)")
         s.add_argument("--lowercase", action="store_true")
-        s.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
 
     s = sub.add_parser("evaluate", help="BLEU and chrF with sacrebleu, saved as JSON with signatures")
     s.add_argument("--hyp", required=True)
@@ -229,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", nargs="+", required=True, help="configured names of the baseline students")
     s.add_argument("--output", required=True)
     scoring_options(s)
+    s.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
     s.set_defaults(run=cmd_significance)
 
     s = sub.add_parser("shard", help="split a text file into contiguous shards for parallel jobs")
@@ -255,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
     s.add_argument("--significance", nargs="*", default=[], help="JSON files written by `significance`")
-    s.add_argument("--baselines", nargs="*", default=[], help="the baseline students, in mark order")
+    s.add_argument("--baselines", nargs="*", default=[], help="the baseline students (marked by their method)")
     s.add_argument("--level", type=float, default=0.05, help="significance level")
     s.add_argument("--samples", type=int, default=1000, help="bootstrap samples (for the footnote)")
     s.add_argument("--config", default="{}", help="the resolved experiment as JSON (provenance)")

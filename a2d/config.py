@@ -190,8 +190,16 @@ def check_data(config: dict, where: str) -> None:
     for name in data["test"]:
         if name in RESERVED_SPLITS or name.startswith("train_shard"):
             raise ConfigError(f"{where}: data.test: {name!r} is a reserved split name")
-    build(Preprocess, data.get("preprocess", {}), "data.preprocess")
-    build(Cleaning, data.get("cleaning", {}), "data.cleaning")
+    preprocess_config(config)
+    cleaning_config(config)
+
+
+def preprocess_config(config: dict) -> Preprocess:
+    return build(Preprocess, config.get("data", {}).get("preprocess", {}), "data.preprocess")
+
+
+def cleaning_config(config: dict) -> Cleaning:
+    return build(Cleaning, config.get("data", {}).get("cleaning", {}), "data.cleaning")
 
 
 def test_sets(config: dict) -> list[str]:
@@ -210,9 +218,9 @@ def split_spec(config: dict, split: str) -> str:
     names = split_datasets(config, split)
     spec = {"languages": [data["source"], data["target"]], "datasets": names,
             "pretokenized": [bool(entries[n].get("pretokenized", False)) for n in names],
-            "preprocess": asdict(build(Preprocess, data.get("preprocess", {}), "data.preprocess"))}
+            "preprocess": asdict(preprocess_config(config))}
     if split == "train":
-        spec["cleaning"] = asdict(build(Cleaning, data.get("cleaning", {}), "data.cleaning"))
+        spec["cleaning"] = asdict(cleaning_config(config))
     return json.dumps(spec, sort_keys=True)
 
 
@@ -257,11 +265,10 @@ def evaluation_config(config: dict) -> EvaluationConfig:
 def baselines(config: dict) -> list[str]:
     """The students every other student is tested against: the first no-KD and the first Word-KD
     student trained on the references, when the experiment has them."""
-    found = []
-    for label in ("none", "word_kd"):
-        found += [name for name in config["students"]
-                  if system_spec(config, name).targets == "reference" and system_spec(config, name).method.label == label][:1]
-    return found
+    on_references = {name: spec.method.label for name in config["students"]
+                     if (spec := system_spec(config, name)).targets == "reference"}
+    return [next(name for name, label in on_references.items() if label == wanted)
+            for wanted in ("none", "word_kd") if wanted in on_references.values()]
 
 
 def seq_kd_config(config: dict) -> SeqKDConfig:

@@ -29,25 +29,26 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
     figures: dict[str, list[str]] = {}
     for path in figure_paths:  # named <system>.<kind>.png
         figures.setdefault(Path(path).name.split(".")[0], []).append(str(path))
-    p_values = {}
+    tests: dict[tuple[str, str], dict] = {}  # (run, test set) -> p-value and partner run per metric and baseline
     for path in significance_paths:
         result = read_json(path)
         for row in result["comparisons"]:
+            columns = tests.setdefault((row["system"], result["test_set"]), {})
             for metric in METRICS:
-                p_values[(row["system"], result["test_set"], f"{metric}_p_vs_{row['baseline']}")] = row[f"{metric}_p"]
-                p_values[(row["system"], result["test_set"], f"{metric}_vs_{row['baseline']}")] = row["baseline_run"]
+                columns[f"{metric}_p_vs_{row['baseline']}"] = row[f"{metric}_p"]
+                columns[f"{metric}_vs_{row['baseline']}"] = row["baseline_run"]
     rows = []
     for metrics in map(read_json, metric_paths):
         run = metrics["system"]
         summary = summaries.get(run)
         if summary is None:
             raise ValueError(f"no training summary for system {run!r}")
-        extra = {key[2]: value for key, value in p_values.items() if key[:2] == (run, metrics["test_set"])}
         rows.append({"system": base_name(run), "run": run, "method": summary["method"],
                      "parameters": summary["parameters"], "test_set": metrics["test_set"],
                      **{m: metrics[m] for m in METRICS}, "bleu_signature": metrics["bleu_signature"],
                      "chrf_signature": metrics["chrf_signature"],
-                     "figures": ";".join(sorted(figures.get(run, []))), **extra})
+                     "figures": ";".join(sorted(figures.get(run, []))),
+                     **tests.get((run, metrics["test_set"]), {})})
     return pd.DataFrame(rows)
 
 

@@ -1,9 +1,8 @@
 import json
 import re
 
-from a2d.config import (baselines, evaluation_config, search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
+from a2d.config import (baselines, cleaning_config, evaluation_config, search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
                         test_sets, validate_config)
-from a2d.clean import Cleaning
 from a2d.datasets import mirror_dir, registry
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
@@ -32,7 +31,7 @@ EVALUATION = evaluation_config(config)
 SCORING_FLAGS = ["--tokenize", EVALUATION.tokenize] + (["--lowercase"] if EVALUATION.lowercase else [])
 BOOTSTRAP_FLAGS = ["--samples", str(EVALUATION.bootstrap_samples)]
 BASELINES = baselines(config)
-OVERLAP_WARNING = config.get("data", {}).get("cleaning", {}).get("overlap_warning", Cleaning.overlap_warning)
+OVERLAP_WARNING = cleaning_config(config).overlap_warning
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:
