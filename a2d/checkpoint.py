@@ -3,11 +3,16 @@
 Everything loads strictly: safetensors for weights (shape config in the file's metadata), and
 DeepSpeed's own checkpoints through `torch.load(weights_only=True)` with an explicit allow-list of
 the few DeepSpeed classes its optimizer state holds, instead of DeepSpeed's unrestricted unpickling.
+Training checkpoints are sealed by a manifest of checksums; a corrupt or incomplete one is passed
+over for the one before it.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from a2d.files import atomic_path
+from a2d.files import atomic_path, read_json, write_json
 from a2d.model import ModelConfig, Transformer
 
 
@@ -38,33 +43,103 @@ def load_model(path: str | Path) -> Transformer:
     return model
 
 
-def strict_checkpoint_engine(ds_config):
-    """A DeepSpeed checkpoint engine whose loads are `weights_only=True`."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+def load_strictly() -> None:
+    """Make every `torch.load` of this process (DeepSpeed's included, and its universal-checkpoint
+    conversion) `weights_only=True`, allowing the few DeepSpeed classes its optimizer state holds."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    torch.serialization.add_safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address])
 
-    class StrictTorchCheckpointEngine(TorchCheckpointEngine):
-        def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location=map_location, weights_only=True)
 
-    return StrictTorchCheckpointEngine(ds_config)
+# A checkpoint is a DeepSpeed tag directory `step<N>` plus our MANIFEST inside it (the sha256 of
+# every file, the world size and ZeRO stage), written after all ranks have finished; `latest` is
+# replaced atomically after that. A crash at any point leaves `latest` naming a complete checkpoint.
+MANIFEST = "a2d_manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def commit_checkpoint(checkpoint_dir: str | Path, tag: str, world_size: int, zero_stage: int) -> None:
+    """Seal a checkpoint all ranks have written (rank 0 only): manifest, fsync, then `latest`."""
+    tag_dir = Path(checkpoint_dir) / tag
+    files = sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    for path in files:  # on disk before `latest` can name them
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    manifest = {"world_size": world_size, "zero_stage": zero_stage,
+                "files": {str(p.relative_to(tag_dir)): sha256_file(p) for p in files}}
+    write_json(tag_dir / MANIFEST, manifest)
+    with atomic_path(Path(checkpoint_dir) / "latest") as tmp:
+        tmp.write_text(tag)
+
+
+def check_checkpoint(tag_dir: Path) -> dict:
+    """The manifest of a complete, intact checkpoint; ValueError saying what is wrong otherwise."""
+    try:
+        manifest = read_json(tag_dir / MANIFEST)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{tag_dir}: no readable {MANIFEST} ({err}): incomplete") from None
+    for name, digest in manifest["files"].items():
+        path = tag_dir / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing")
+        if sha256_file(path) != digest:
+            raise ValueError(f"{path}: sha256 differs from the manifest: corrupt")
+    return manifest
+
+
+def step_of(tag: str) -> int:
+    return int(tag[4:])
+
+
+def checkpoint_tags(checkpoint_dir: str | Path) -> list[str]:
+    """Step checkpoints, newest first."""
+    return sorted((p.name for p in Path(checkpoint_dir).glob("step*") if p.is_dir() and p.name[4:].isdigit()),
+                  key=step_of, reverse=True)
 
 
 def latest_tag(checkpoint_dir: str | Path) -> str | None:
-    """Tag named in DeepSpeed's `latest` file, written only after a checkpoint is complete."""
     latest = Path(checkpoint_dir) / "latest"
     return latest.read_text().strip() if latest.is_file() else None
+
+
+def newest_intact(checkpoint_dir: str | Path, warn) -> tuple[str, dict] | None:
+    """The newest checkpoint whose files match its manifest, with the manifest; `warn` hears of
+    each newer one passed over."""
+    for tag in checkpoint_tags(checkpoint_dir):
+        try:
+            return tag, check_checkpoint(Path(checkpoint_dir) / tag)
+        except ValueError as err:
+            warn(f"WARNING: skipping checkpoint {tag}: {err}")
+    return None
 
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> None:
     """Delete all but the `keep` newest step checkpoints (never the one `latest` names)."""
     current = latest_tag(checkpoint_dir)
-    tags = sorted((p for p in Path(checkpoint_dir).glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-    for old in tags[:-keep] if keep > 0 else []:
-        if old.name != current:
-            shutil.rmtree(old)
+    for old in checkpoint_tags(checkpoint_dir)[keep:] if keep > 0 else []:
+        if old != current:
+            shutil.rmtree(Path(checkpoint_dir) / old)
+
+
+def to_universal(checkpoint_dir: str | Path, tag: str) -> Path:
+    """Convert a ZeRO checkpoint to DeepSpeed's universal format, which loads into another world
+    size; returns the directory that holds it as tag `tag` (kept beside the original)."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    root = Path(checkpoint_dir) / "universal"
+    output = root / tag
+    if not (output / MANIFEST).is_file():
+        shutil.rmtree(output, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(Path(checkpoint_dir) / tag), output_folder=str(output),
+                                  num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                  strict=True, inject_missing_state=False)
+        ds_to_universal.main(args)
+        write_json(output / MANIFEST, {"converted_from": tag})
+    return root

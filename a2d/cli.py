@@ -52,11 +52,16 @@ def cmd_encode(args):
 
 def cmd_train(args):
     from a2d.config import SystemSpec
+    from a2d.launch import exec_launcher, launched
+
+    if (args.processes > 1 or args.nodes > 1) and not launched():
+        exec_launcher(args.argv, args.processes, args.nodes)
     from a2d.train import train
 
     train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
           src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
-          teacher_path=args.teacher, threads=args.threads, progress_bar=not args.no_progress)
+          teacher_path=args.teacher, threads=max(1, args.threads // args.processes), processes=args.processes,
+          nodes=args.nodes, devices=args.devices, progress_bar=not args.no_progress)
 
 
 def cmd_translate(args):
@@ -190,7 +195,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-dir", required=True, help="where to keep resumable checkpoints")
     s.add_argument("--output", required=True, help="best weights (.safetensors)")
     s.add_argument("--summary", required=True, help="training summary (.json)")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of the whole job (shared by its processes)")
+    s.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes per node (one per GPU); above 1, torchrun starts them")
+    s.add_argument("--nodes", type=int, default=1, help="nodes (inside a SLURM allocation: srun starts torchrun on each)")
+    s.add_argument("--devices", type=int, default=0, help="GPUs each node must see (0: no check; CPU training)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_train)
 
@@ -270,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     try:
         args.run(args)
     except (InputError, FileNotFoundError) as err:

@@ -43,16 +43,19 @@ class TrainingConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 1e-4  # decoupled (AdamW)
     clip_norm: float = 0.0  # 0: no clipping
-    zero_stage: int = 1
+    zero_stage: int = 1  # DeepSpeed ZeRO: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters sharded
+    precision: str = "fp32"  # fp32, bf16 or fp16 (mixed precision, DeepSpeed's; fp16 and bf16 where the hardware has them)
+    batches_per_update: int = 0  # token batches per optimizer update over all processes; 0: one per process
     save_every_steps: int = 1000
     keep_checkpoints: int = 2
     valid_max_len_a: float = 1.2  # greedy decoding of the validation set
     valid_max_len_b: int = 10
 
     def __post_init__(self):
-        if self.zero_stage not in (0, 1, 2):
-            raise ValueError(f"zero_stage {self.zero_stage} is not supported; use 0, 1 or 2 (ZeRO-3 would "
-                             "partition the tied output projection that validation and export read)")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage {self.zero_stage}: DeepSpeed's ZeRO stages are 0, 1, 2 and 3")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {self.precision!r}: use fp32, bf16 or fp16")
 
     def to_dict(self) -> dict:
         return asdict(self)

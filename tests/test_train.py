@@ -98,3 +98,49 @@ def test_other_zero_stages_train_and_resume(tiny_corpus, tmp_path, stage):
     first = run(tiny_corpus, tmp_path, spec(max_steps=2, zero_stage=stage), "z", "z.safetensors")
     resumed = run(tiny_corpus, tmp_path, spec(max_steps=3, zero_stage=stage), "z", "z.safetensors")
     assert first["steps"] == 2 and resumed["steps"] == 3 and resumed["run_dir"] == first["run_dir"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp_path, capfd):
+    """A flipped byte in the newest checkpoint: the resume warns, takes the one before, and still
+    ends on the uninterrupted run's weights."""
+    run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=3), "straight", "s.safetensors")
+    run(tiny_corpus, tmp_path, spec(max_steps=4, keep_checkpoints=3), "c", "c.safetensors")
+    (states,) = (tmp_path / "c").glob("*/step4/mp_rank_00_model_states.pt")
+    data = bytearray(states.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    states.write_bytes(bytes(data))
+    capfd.readouterr()
+    resumed = run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=3), "c", "c.safetensors")
+    err = capfd.readouterr().err
+    assert "WARNING: skipping checkpoint step4" in err and "corrupt" in err
+    assert "step2 (epoch 1, step 2)" in err and resumed["steps"] == 6
+    a, b = final_weights(tmp_path / "straight", 6), final_weights(tmp_path / "c", 6)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_incomplete_checkpoint_is_passed_over(tiny_corpus, tmp_path, capfd):
+    """A checkpoint without its manifest (the process died while writing it) is never resumed."""
+    run(tiny_corpus, tmp_path, spec(max_steps=4), "i", "i.safetensors")
+    (manifest,) = (tmp_path / "i").glob("*/step4/a2d_manifest.json")
+    manifest.unlink()
+    capfd.readouterr()
+    run(tiny_corpus, tmp_path, spec(max_steps=5), "i", "i.safetensors")
+    err = capfd.readouterr().err
+    assert "skipping checkpoint step4" in err and "incomplete" in err and "(epoch 1, step 2)" in err
+
+
+def test_nan_loss_stops_without_saving(tiny_corpus, tmp_path, monkeypatch):
+    from a2d.distill import DistillationModule
+
+    forward = DistillationModule.forward
+
+    def poisoned(self, batch, teacher, epoch, step):
+        loss, terms = forward(self, batch, teacher, epoch, step)
+        return (loss * float("nan"), terms) if step == 3 else (loss, terms)
+
+    monkeypatch.setattr(DistillationModule, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+        run(tiny_corpus, tmp_path, spec(max_steps=6, save_every_steps=1), "n", "n.safetensors")
+    saved = sorted(p.name for p in (tmp_path / "n").glob("*/step*") if p.is_dir())
+    assert saved == ["step1", "step2"] and not (tmp_path / "n.safetensors").exists()

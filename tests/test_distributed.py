@@ -1,0 +1,138 @@
+"""Data parallelism on real processes: `python -m a2d train --processes 2` (torchrun, gloo, CPU)
+against one process with the same global batch, for ZeRO-2 and ZeRO-3; checkpoints written by
+two processes resume in one and the reverse; SIGTERM saves and stops.
+
+Tolerance: two processes sum the same gradients in another order, so trajectories agree to float32
+rounding, amplified a little by each update; 1e-4 relative on the loss per token (measured
+differences are around 1e-6) still fails on any real difference (a batch trained twice, a wrong
+gradient scale, a lost optimizer state), which moves the loss by 1e-2 or more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from a2d.config import SystemSpec, TrainingConfig
+from a2d.distill import MethodConfig
+
+SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
+RTOL = 1e-4
+
+
+def spec(zero_stage: int, max_steps: int, method="none", **training) -> SystemSpec:
+    cfg = dict(max_tokens=300, max_epochs=50, max_steps=max_steps, lr=2e-3, warmup_steps=4, save_every_steps=3,
+               patience=0, seed=3, zero_stage=zero_stage, batches_per_update=2, keep_checkpoints=5)
+    return SystemSpec("sys", dict(SHAPE), MethodConfig(name=method), TrainingConfig(**{**cfg, **training}))
+
+
+def train_command(corpus, system: SystemSpec, out: Path, processes: int, teacher: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "a2d", "train", "--spec", system.to_json(), "--train", str(corpus["train"]),
+            "--valid", str(corpus["valid"]), "--valid-ref", str(corpus["valid.tgt"]), "--src-spm", str(corpus["spm"]),
+            "--tgt-spm", str(corpus["spm"]), "--checkpoint-dir", str(out / "checkpoints"),
+            "--output", str(out / "model.safetensors"), "--summary", str(out / "train.json"),
+            "--processes", str(processes), "--threads", str(processes), "--no-progress",
+            *(["--teacher", str(teacher)] if teacher else [])]
+
+
+def run_train(corpus, system, out: Path, processes: int, teacher=None) -> str:
+    done = subprocess.run(train_command(corpus, system, out, processes, teacher), capture_output=True, text=True,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def losses(out: Path) -> dict[int, float]:
+    """step -> loss per token, from the run's steps.tsv"""
+    (steps,) = out.glob("checkpoints/*/steps.tsv")
+    rows = [line.split("\t") for line in steps.read_text().splitlines()[1:]]
+    return {int(step): float(loss) for step, loss, _ in rows}
+
+
+def assert_same_trajectory(a: dict[int, float], b: dict[int, float]) -> None:
+    assert a.keys() == b.keys()
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=RTOL), f"step {step}: {a[step]} vs {b[step]}"
+
+
+def assert_close_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_processes_follow_one_process_with_the_same_global_batch(tiny_corpus, tmp_path, zero_stage):
+    system = spec(zero_stage, max_steps=8)
+    log_two = run_train(tiny_corpus, system, tmp_path / "two", processes=2)
+    run_train(tiny_corpus, system, tmp_path / "one", processes=1)
+    assert "2 process(es) x 1" in log_two and "torch.distributed.run" in log_two
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == 8
+    assert_same_trajectory(one, two)
+    assert one[8] < one[1]  # it learns
+    assert_close_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
+    print(f"ZeRO-{zero_stage} loss per token, 1 vs 2 processes: "
+          + ", ".join(f"{step}: {one[step]:.5f}/{two[step]:.5f}" for step in one))
+
+
+@pytest.mark.parametrize("zero_stage,first,then", [(2, 2, 1), (2, 1, 2), (3, 2, 1)])
+def test_checkpoints_resume_in_another_world_size(tiny_corpus, tmp_path, zero_stage, first, then):
+    """6 steps with `first` processes, then on to 9 with `then`: the same trajectory as 9 steps
+    straight (the optimizer state carried over through DeepSpeed's universal checkpoint)."""
+    run_train(tiny_corpus, spec(zero_stage, max_steps=9), tmp_path / "straight", processes=1)
+    out = tmp_path / "switched"
+    run_train(tiny_corpus, spec(zero_stage, max_steps=6), out, processes=first)
+    log = run_train(tiny_corpus, spec(zero_stage, max_steps=9), out, processes=then)
+    assert "resumed from" in log and "(epoch 1, step 6)" in log
+    assert ("universal checkpoint" in log) == (first != then)
+    assert_same_trajectory(losses(tmp_path / "straight"), losses(out))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tiny_corpus, tmp_path):
+    """SIGTERM (what SLURM sends at the walltime) to both processes: they finish the update, save,
+    and exit 143; the re-run resumes there and ends on the uninterrupted trajectory."""
+    system = spec(2, max_steps=400, save_every_steps=1000)
+    out = tmp_path / "run"
+    process = subprocess.Popen(train_command(tiny_corpus, system, out, processes=2), stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("checkpoints/*/steps.tsv")):
+        time.sleep(0.5)
+    while time.time() < deadline and len(losses(out)) < 5:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)  # the whole job, as SLURM and Snakemake do
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0  # torchrun exits 1 after its workers stopped on the signal
+    assert "SIGTERM: saved a checkpoint at step" in stderr, stderr[-3000:]
+    saved = int(stderr.split("saved a checkpoint at step ")[1].split()[0])
+    assert saved >= 5 and any((out / "checkpoints").glob(f"*/step{saved}/a2d_manifest.json"))
+
+    log = run_train(tiny_corpus, spec(2, max_steps=saved + 3), out, processes=2)
+    assert f"step {saved})" in log
+    run_train(tiny_corpus, spec(2, max_steps=saved + 3), tmp_path / "straight", processes=2)
+    assert_same_trajectory(losses(tmp_path / "straight"), losses(out))
+
+
+def test_distillation_with_two_processes_and_zero3(tiny_corpus, tmp_path):
+    """A2D under ZeRO-3: the AAM is in the student's engine (sharded with it), the teacher outside."""
+    teacher_spec = spec(0, max_steps=3)
+    run_train(tiny_corpus, teacher_spec, tmp_path / "teacher", processes=1)
+    student = SystemSpec("student", dict(SHAPE, encoder_layers=1, decoder_layers=1), MethodConfig(name="a2d"),
+                         spec(3, max_steps=4).training)
+    run_train(tiny_corpus, student, tmp_path / "two", processes=2, teacher=tmp_path / "teacher" / "model.safetensors")
+    run_train(tiny_corpus, student, tmp_path / "one", processes=1, teacher=tmp_path / "teacher" / "model.safetensors")
+    assert_same_trajectory(losses(tmp_path / "one"), losses(tmp_path / "two"))
+    summary = json.loads((tmp_path / "two" / "train.json").read_text())
+    assert summary["alignment"]["weights"] and summary["parameters"] > 0
+    assert not any("alignment" in name for name in load_file(tmp_path / "two" / "model.safetensors"))
