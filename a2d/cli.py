@@ -52,10 +52,10 @@ def cmd_encode(args):
 
 def cmd_train(args):
     from a2d.config import SystemSpec
-    from a2d.launch import exec_launcher, launched
+    from a2d.launch import launched, run_launcher
 
     if (args.processes > 1 or args.nodes > 1) and not launched():
-        exec_launcher(args.argv, args.processes, args.nodes)
+        sys.exit(run_launcher(args.argv, args.processes, args.nodes))
     from a2d.train import train
 
     train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,

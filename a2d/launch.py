@@ -1,9 +1,9 @@
 """Processes and signals: how one training job becomes a data-parallel world, and how it stops.
 
 `python -m a2d train --processes P --nodes N` starts the world itself: with P = N = 1 it trains
-in-process; otherwise it replaces itself by `torchrun --nproc-per-node P` (one node) or by
-`srun --nodes N torchrun --nnodes N ...` (several nodes, inside a SLURM allocation), which start
-`python -m a2d train` again in every process. DeepSpeed's own launcher is not used: it needs pdsh
+in-process; otherwise it runs `torchrun --nproc-per-node P` (one node), or, inside a SLURM
+allocation, `srun --nodes N` to start itself on every node, where each runs `torchrun --nnodes N`;
+the workers run `python -m a2d train` again. DeepSpeed's own launcher is not used: it needs pdsh
 and host files, where torchrun and srun are what clusters have.
 """
 
@@ -18,12 +18,12 @@ import sys
 
 import torch
 
-LAUNCHED = "A2D_LAUNCHED"  # set for the processes our launcher starts, so that they do not launch again
+STAGE = "A2D_LAUNCH_STAGE"  # "node": srun started this process on its node; "worker": torchrun did
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SLURM sends SIGUSR1 (or SIGTERM) before the walltime
 
 
 def launched() -> bool:
-    return os.environ.get(LAUNCHED) == "1"
+    return os.environ.get(STAGE) == "worker"
 
 
 def free_port() -> int:
@@ -43,29 +43,44 @@ def head_node() -> str:
     return socket.gethostname()
 
 
-def launch_command(argv: list[str], processes: int, nodes: int) -> list[str]:
-    """The command that runs `python -m a2d <argv>` in `processes` processes on each of `nodes` nodes."""
+def launch_command(argv: list[str], processes: int, nodes: int) -> tuple[list[str], str]:
+    """The next launcher down towards `processes` workers on each of `nodes` nodes running
+    `python -m a2d <argv>`, and the stage of the processes it starts: srun starts one a2d process
+    per node (stage "node"), which starts torchrun, which starts the workers (stage "worker")."""
+    if nodes > 1 and os.environ.get(STAGE) != "node":
+        if "SLURM_JOB_ID" not in os.environ:
+            raise RuntimeError(f"--nodes {nodes}: several nodes need a SLURM allocation (srun starts the job on "
+                               "each); run it through workflow/profiles/slurm-multinode")
+        return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                sys.executable, "-m", "a2d", *argv], "node"
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
     if nodes == 1:
-        return torchrun + ["--standalone", "-m", "a2d", *argv]
-    if "SLURM_JOB_ID" not in os.environ:
-        raise RuntimeError(f"--nodes {nodes}: several nodes need a SLURM allocation (srun starts one torchrun "
-                           "per node); run it through workflow/profiles/slurm-multinode")
+        return [*torchrun, "--standalone", "-m", "a2d", *argv], "worker"
     rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:29500",
                   f"--rdzv-id=a2d-{os.environ['SLURM_JOB_ID']}"]
-    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torchrun, *rendezvous,
-            "-m", "a2d", *argv]
+    return [*torchrun, *rendezvous, "-m", "a2d", *argv], "worker"
 
 
-def exec_launcher(argv: list[str], processes: int, nodes: int) -> None:
-    """Replace this process by the launcher (never returns)."""
-    command = launch_command(argv, processes, nodes)
+def run_launcher(argv: list[str], processes: int, nodes: int) -> int:
+    """Run the next launcher down and pass it any stop signal, as SIGTERM; returns its exit status.
+
+    torchrun forwards SIGTERM to its workers but dies of SIGUSR1 (SLURM's usual warning signal,
+    which SLURM sends to every process of the job): it starts with SIGUSR1 ignored, in a session
+    of its own, and hears of a stop from this process only, once."""
+    command, stage = launch_command(argv, processes, nodes)
     print(f"[a2d.launch] {' '.join(command)}", file=sys.stderr, flush=True)
-    os.environ[LAUNCHED] = "1"
-    # torchrun does not handle SIGUSR1, whose default action would kill it under SLURM's warning
-    # signal; an ignored signal stays ignored across exec, and the workers install their own handler.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    os.execvp(command[0], command)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the child; its workers install their own handler
+    child = subprocess.Popen(command, env={**os.environ, STAGE: stage}, start_new_session=True)
+    forwarded = []
+
+    def forward(signum, frame):
+        if not forwarded:
+            forwarded.append(signum)
+            child.send_signal(signal.SIGTERM)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, forward)
+    return child.wait()
 
 
 def check_world(processes: int, nodes: int, devices: int) -> None:

@@ -1,15 +1,20 @@
 """The Snakemake DAG end to end on tests/configs/tiny.yaml (about a minute on 2 cores)."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
@@ -17,7 +22,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 
 
 def snakemake(workdir: Path, config: Path, *extra: str) -> str:
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *extra],
+    # targets before --configfile, which would take them for more config files
+    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile", str(config)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
@@ -157,3 +163,53 @@ def test_every_experiment_plans(tmp_path, config):
     assert plan["train"] >= 4 and plan["tables"] == 1
     if yaml.safe_load(config.read_text()).get("data"):
         assert plan["fetch"] >= 6 and plan["prepare_train"] == 1
+
+
+def training_pids(workdir: Path) -> list[int]:
+    """Processes running `a2d train` for `workdir` (found by their command line)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"a2d" in argv and b"train" in argv and (proc / "cwd").resolve() == workdir:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.e2e
+def test_killed_training_resumes_when_snakemake_runs_again(tmp_path):
+    """SIGKILL the teacher's training mid-run (no chance to save): Snakemake fails; run again, it
+    resumes from the last checkpoint (the log says which step) and the exported weights equal an
+    uninterrupted run's, bit for bit."""
+    config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    config["training"].update(max_epochs=4, save_every_steps=7)
+    target = "results/tiny/models/teacher/model.safetensors"
+    for name in ("straight", "killed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path / "straight", tmp_path / "straight" / "tiny.yaml", target)
+
+    workdir = tmp_path / "killed"
+    run = subprocess.Popen([*SNAKEMAKE, target, "--directory", str(workdir), "--configfile", str(workdir / "tiny.yaml")],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = workdir / "results" / "tiny" / "checkpoints" / "teacher"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(checkpoints.glob("*/step14/a2d_manifest.json")):
+        time.sleep(0.1)
+    pids = training_pids(workdir)
+    assert pids, "the training process was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode != 0 and not (workdir / target).exists(), output[-3000:]
+    saved = max(int(p.parent.name[4:]) for p in checkpoints.glob("*/step*/a2d_manifest.json"))
+
+    snakemake(workdir, workdir / "tiny.yaml", target)
+    log = (workdir / "logs" / "tiny" / "train" / "teacher.log").read_text()
+    assert f"step {saved})" in log and "resumed from" in log, log[-2000:]
+    straight, resumed = load_file(tmp_path / "straight" / target), load_file(workdir / target)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
