@@ -52,7 +52,7 @@ def cmd_encode(args):
 
 def cmd_train(args):
     from a2d.config import SystemSpec
-    from a2d.launch import launched, run_launcher
+    from a2d.launch import gpus_per_node, launched, run_launcher
 
     if (args.processes > 1 or args.nodes > 1) and not launched():
         sys.exit(run_launcher(args.argv, args.processes, args.nodes))
@@ -61,7 +61,7 @@ def cmd_train(args):
     train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
           src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
           teacher_path=args.teacher, threads=max(1, args.threads // args.processes), processes=args.processes,
-          nodes=args.nodes, devices=args.devices, progress_bar=not args.no_progress)
+          nodes=args.nodes, devices=gpus_per_node(args.gpu, args.gres, args.nodes), progress_bar=not args.no_progress)
 
 
 def cmd_translate(args):
@@ -199,7 +199,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--processes", type=int, default=1,
                    help="data-parallel processes per node (one per GPU); above 1, torchrun starts them")
     s.add_argument("--nodes", type=int, default=1, help="nodes (inside a SLURM allocation: srun starts torchrun on each)")
-    s.add_argument("--devices", type=int, default=0, help="GPUs each node must see (0: no check; CPU training)")
+    s.add_argument("--gpu", type=int, default=0, help="GPUs asked of SLURM for the job (the rule's gpu resource); "
+                   "training checks at start-up that CUDA sees them (0: no check)")
+    s.add_argument("--gres", default="", help="SLURM generic resources asked for (gpu:N = N GPUs per node, checked)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_train)
 

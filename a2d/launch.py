@@ -10,7 +10,6 @@ and host files, where torchrun and srun are what clusters have.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,14 +32,16 @@ def free_port() -> int:
 
 
 def head_node() -> str:
-    """First host of the SLURM allocation: the torchrun rendezvous runs there."""
-    nodelist = os.environ.get("SLURM_JOB_NODELIST")
-    if nodelist and shutil.which("scontrol"):
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
-                               text=True).stdout.split()
-        if hosts:
-            return hosts[0]
-    return socket.gethostname()
+    """First host of the SLURM allocation: the torchrun rendezvous runs there. (Snakemake's job
+    step strips SLURM_JOB_NODELIST from the environment: ask squeue for it then.)"""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or subprocess.run(
+        ["squeue", "--noheader", "--jobs", os.environ["SLURM_JOB_ID"], "--format", "%N"], check=True,
+        capture_output=True, text=True).stdout.strip()
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
+                           text=True).stdout.split()
+    if not hosts:
+        raise RuntimeError(f"SLURM job {os.environ['SLURM_JOB_ID']}: no hosts in node list {nodelist!r}")
+    return hosts[0]
 
 
 def launch_command(argv: list[str], processes: int, nodes: int) -> tuple[list[str], str]:
@@ -83,6 +84,21 @@ def run_launcher(argv: list[str], processes: int, nodes: int) -> int:
     return child.wait()
 
 
+def gpus_per_node(gpu: int, gres: str, nodes: int) -> int:
+    """GPUs per node that SLURM was asked for: the rule's `gpu` resource (--gpus, for the whole job)
+    or the count in its `gres` (--gres=gpu[:type]:N, per node)."""
+    for part in filter(None, (p.strip() for p in gres.split(","))):
+        fields = part.split(":")
+        if fields[0] == "gpu":
+            if len(fields) == 1 or not fields[-1].isdigit():
+                raise ValueError(f"gres {gres!r}: give the GPU count, e.g. gpu:4 or gpu:a100:4")
+            return int(fields[-1])
+    if gpu and nodes > 1:
+        raise ValueError(f"gpu={gpu} with {nodes} nodes: --gpus counts the whole job; ask for GPUs per node "
+                         "with the gres resource (gres: gpu:4)")
+    return gpu
+
+
 def check_world(processes: int, nodes: int, devices: int) -> None:
     """Fail at start-up, not hours later, when the world is not the one the rule asked for."""
     world = int(os.environ["WORLD_SIZE"])
@@ -92,7 +108,7 @@ def check_world(processes: int, nodes: int, devices: int) -> None:
     if devices > 0:
         visible = torch.cuda.device_count()
         if visible != devices:
-            raise RuntimeError(f"expected {devices} GPU(s) per node (the rule's gpu resource), CUDA sees {visible} "
+            raise RuntimeError(f"expected {devices} GPU(s) per node (the rule's gpu or gres resource), CUDA sees {visible} "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
         if processes != devices:
             raise RuntimeError(f"{processes} processes per node for {devices} GPU(s): use one process per GPU")

@@ -165,15 +165,16 @@ def test_every_experiment_plans(tmp_path, config):
         assert plan["fetch"] >= 6 and plan["prepare_train"] == 1
 
 
-def training_pids(workdir: Path) -> list[int]:
-    """Processes running `a2d train` for `workdir` (found by their command line)."""
+def training_pids(workdir: Path, system: str) -> list[int]:
+    """Processes running `a2d train` for `system` in `workdir` (found by their command line)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"a2d" in argv and b"train" in argv and (proc / "cwd").resolve() == workdir:
+        mine = any(arg.endswith(f"/checkpoints/{system}".encode()) for arg in argv)
+        if b"a2d" in argv and b"train" in argv and mine and (proc / "cwd").resolve() == workdir:
             pids.append(int(proc.name))
     return pids
 
@@ -198,7 +199,7 @@ def test_killed_training_resumes_when_snakemake_runs_again(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not list(checkpoints.glob("*/step14/a2d_manifest.json")):
         time.sleep(0.1)
-    pids = training_pids(workdir)
+    pids = training_pids(workdir, "teacher")
     assert pids, "the training process was not found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
