@@ -121,11 +121,13 @@ def newest_intact(checkpoint_dir: str | Path, warn) -> tuple[str, dict] | None:
 
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> None:
-    """Delete all but the `keep` newest step checkpoints (never the one `latest` names)."""
+    """Delete all but the `keep` newest step checkpoints (never the one `latest` names), with their
+    universal conversions."""
     current = latest_tag(checkpoint_dir)
     for old in checkpoint_tags(checkpoint_dir)[keep:] if keep > 0 else []:
         if old != current:
             shutil.rmtree(Path(checkpoint_dir) / old)
+            shutil.rmtree(Path(checkpoint_dir) / "universal" / old, ignore_errors=True)
 
 
 def to_universal(checkpoint_dir: str | Path, tag: str) -> Path:

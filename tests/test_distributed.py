@@ -139,3 +139,55 @@ def test_distillation_with_two_processes_and_zero3(tiny_corpus, tmp_path):
     summary = json.loads((tmp_path / "two" / "train.json").read_text())
     assert summary["alignment"]["weights"] and summary["parameters"] > 0
     assert not any("alignment" in name for name in load_file(tmp_path / "two" / "model.safetensors"))
+
+
+def test_launch_commands(monkeypatch):
+    from a2d import launch
+
+    monkeypatch.delenv(launch.STAGE, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    command, stage = launch.launch_command(["train", "--spec", "{}"], processes=2, nodes=1)
+    assert command[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m", "a2d",
+                           "train", "--spec", "{}"] and stage == "worker"
+    with pytest.raises(RuntimeError, match="SLURM allocation"):
+        launch.launch_command(["train"], processes=4, nodes=2)
+
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    command, stage = launch.launch_command(["train"], processes=4, nodes=2)
+    assert command[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] and stage == "node"
+    assert command[-3:] == ["-m", "a2d", "train"]
+    monkeypatch.setenv(launch.STAGE, "node")  # srun started us on a node: now torchrun, joined across nodes
+    monkeypatch.setattr(launch, "head_node", lambda: "gpu001")
+    command, stage = launch.launch_command(["train"], processes=4, nodes=2)
+    assert stage == "worker" and "--nnodes=2" in command and "--nproc-per-node=4" in command
+    assert "--rdzv-endpoint=gpu001:29500" in command and "--rdzv-id=a2d-77" in command
+
+
+def test_expected_devices_are_checked(monkeypatch):
+    from a2d.launch import check_world, gpus_per_node
+
+    assert gpus_per_node(0, "", 1) == 0 and gpus_per_node(2, "", 1) == 2
+    assert gpus_per_node(0, "gpu:4", 2) == 4 and gpus_per_node(0, "tmpdisk:10,gpu:a100:8", 2) == 8
+    with pytest.raises(ValueError, match="GPU count"):
+        gpus_per_node(0, "gpu", 1)
+    with pytest.raises(ValueError, match="per node"):
+        gpus_per_node(8, "", 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_world(processes=2, nodes=1, devices=0)
+    with pytest.raises(RuntimeError, match="expected 4 processes"):
+        check_world(processes=2, nodes=2, devices=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="expected 2 GPU.* CUDA sees 0"):
+            check_world(processes=2, nodes=1, devices=2)
+
+
+def test_bf16_mixed_precision_follows_fp32(tiny_corpus, tmp_path):
+    """DeepSpeed bf16 (fp32 master weights) on the trajectory of fp32 within bf16's resolution, and
+    the exported model is fp32."""
+    run_train(tiny_corpus, spec(2, max_steps=4), tmp_path / "fp32", processes=1)
+    run_train(tiny_corpus, spec(2, max_steps=4, precision="bf16"), tmp_path / "bf16", processes=1)
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    for step in fp32:
+        assert bf16[step] == pytest.approx(fp32[step], rel=2e-2)
+    assert bf16 != fp32  # it did run in bf16
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "bf16" / "model.safetensors").values())

@@ -77,7 +77,7 @@ def test_tiny_dag_on_a_real_slurm_cluster(tmp_path):
         assert pids and run.returncode == 0, output[-5000:]
         # job -> (rule, wildcards), from the plugin's log path in Snakemake's "submitted" line
         submitted = {job: (rule, wildcards) for job, rule, wildcards in re.findall(
-            r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/([^/]+)/", output)}
+            r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/(?:([^/\s]+)/)?\d+\.log\)", output)}
         teacher_jobs = sorted((job for job, what in submitted.items() if what == ("train", "teacher")), key=int)
         limits = [time_limit(job, cluster["env"]) for job in teacher_jobs]
     finally:
