@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -144,3 +145,25 @@ def test_nan_loss_stops_without_saving(tiny_corpus, tmp_path, monkeypatch):
         run(tiny_corpus, tmp_path, spec(max_steps=6, save_every_steps=1), "n", "n.safetensors")
     saved = sorted(p.name for p in (tmp_path / "n").glob("*/step*") if p.is_dir())
     assert saved == ["step1", "step2"] and not (tmp_path / "n.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def zero3_teacher(tiny_corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zero3_teacher")
+    run(tiny_corpus, tmp, spec(max_steps=2, zero_stage=3), "t", "teacher.safetensors")
+    return str(tmp / "teacher.safetensors")
+
+
+@pytest.mark.parametrize("method", [dict(name="word_kd"), dict(name="selective_kd"), dict(name="a2d"),
+                                    dict(name="a2d", a2d_mode="corrected", layerwise=True), dict(name="pkd"),
+                                    dict(name="alp_kd"), dict(name="minilm", relation_heads=2)],
+                         ids=lambda m: "-".join(str(v) for v in m.values()))
+def test_every_method_trains_under_zero3(tiny_corpus, tmp_path, zero3_teacher, method):
+    """ZeRO-3 shards the student with its AAM or projection; the teacher stays a plain model."""
+    student = SystemSpec("student", dict(SHAPE, encoder_layers=1, decoder_layers=1), MethodConfig(**method),
+                         TrainingConfig(max_tokens=400, max_steps=3, lr=2e-3, warmup_steps=5, patience=0, seed=3,
+                                        zero_stage=3))
+    result = run(tiny_corpus, tmp_path, student, "s", "s.safetensors", teacher=zero3_teacher)
+    assert result["steps"] == 3 and result["parameters"] > 0
+    assert load_model(tmp_path / "s.safetensors").cfg.encoder_layers == 1
+    assert all(math.isfinite(h["train_nll"]) for h in result["history"])
