@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def load_strictly() -> None:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # torch refuses both set
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     torch.serialization.add_safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address])
 
@@ -94,40 +96,50 @@ def check_checkpoint(tag_dir: Path) -> dict:
     return manifest
 
 
-def step_of(tag: str) -> int:
-    return int(tag[4:])
+TAG = re.compile(r"step(\d+)(?:-(\d+))?")  # step<N>, or step<N>-<k> for a later save at the same step
+
+
+def tag_order(tag: str) -> tuple[int, int]:
+    step, again = TAG.fullmatch(tag).groups()
+    return int(step), int(again or 0)
 
 
 def checkpoint_tags(checkpoint_dir: str | Path) -> list[str]:
     """Step checkpoints, newest first."""
-    return sorted((p.name for p in Path(checkpoint_dir).glob("step*") if p.is_dir() and p.name[4:].isdigit()),
-                  key=step_of, reverse=True)
+    return sorted((p.name for p in Path(checkpoint_dir).iterdir() if p.is_dir() and TAG.fullmatch(p.name)),
+                  key=tag_order, reverse=True)
 
 
-def latest_tag(checkpoint_dir: str | Path) -> str | None:
-    latest = Path(checkpoint_dir) / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
+def new_tag(checkpoint_dir: str | Path, step: int) -> str:
+    """A tag no directory has: a save never writes into a checkpoint that exists (the epoch-end save
+    often falls on the step of the periodic one, with different progress)."""
+    tag, again = f"step{step}", 0
+    while (Path(checkpoint_dir) / tag).exists():
+        again += 1
+        tag = f"step{step}-{again}"
+    return tag
 
 
 def newest_intact(checkpoint_dir: str | Path, warn) -> tuple[str, dict] | None:
-    """The newest checkpoint whose files match its manifest, with the manifest; `warn` hears of
-    each newer one passed over."""
+    """The newest checkpoint whose files match its manifest, with the manifest. Newer ones are
+    renamed `<tag>.skipped` (kept for a look, never resumed or counted again); `warn` hears of each."""
     for tag in checkpoint_tags(checkpoint_dir):
         try:
             return tag, check_checkpoint(Path(checkpoint_dir) / tag)
         except ValueError as err:
-            warn(f"WARNING: skipping checkpoint {tag}: {err}")
+            warn(f"WARNING: skipping checkpoint {tag}: {err}; kept as {tag}.skipped")
+            os.replace(Path(checkpoint_dir) / tag, Path(checkpoint_dir) / f"{tag}.skipped")
     return None
 
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> None:
-    """Delete all but the `keep` newest step checkpoints (never the one `latest` names), with their
-    universal conversions."""
-    current = latest_tag(checkpoint_dir)
-    for old in checkpoint_tags(checkpoint_dir)[keep:] if keep > 0 else []:
-        if old != current:
-            shutil.rmtree(Path(checkpoint_dir) / old)
-            shutil.rmtree(Path(checkpoint_dir) / "universal" / old, ignore_errors=True)
+    """Keep the `keep` newest sealed checkpoints; delete the rest (older ones, and any a crash left
+    unsealed) with their universal conversions. Called by rank 0 only, after a save is sealed."""
+    sealed = [tag for tag in checkpoint_tags(checkpoint_dir) if (Path(checkpoint_dir) / tag / MANIFEST).is_file()]
+    for tag in checkpoint_tags(checkpoint_dir):
+        if tag not in sealed[:max(keep, 1)]:
+            shutil.rmtree(Path(checkpoint_dir) / tag)
+            shutil.rmtree(Path(checkpoint_dir) / "universal" / tag, ignore_errors=True)
 
 
 def to_universal(checkpoint_dir: str | Path, tag: str) -> Path:

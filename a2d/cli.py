@@ -52,16 +52,19 @@ def cmd_encode(args):
 
 def cmd_train(args):
     from a2d.config import SystemSpec
-    from a2d.launch import gpus_per_node, launched, run_launcher
+    from a2d.launch import StopRequest, gpus_per_node, launched, run_launcher
 
+    devices = gpus_per_node(args.gpu, args.gres, args.nodes)
     if (args.processes > 1 or args.nodes > 1) and not launched():
-        sys.exit(run_launcher(args.argv, args.processes, args.nodes))
-    from a2d.train import train
+        sys.exit(run_launcher(args.argv, args.processes, args.nodes, args.threads))
+    with StopRequest() as stop:  # before the slow imports, so that an early SIGTERM is not lost
+        from a2d.train import train
 
-    train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
-          src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output, summary=args.summary,
-          teacher_path=args.teacher, threads=max(1, args.threads // args.processes), processes=args.processes,
-          nodes=args.nodes, devices=gpus_per_node(args.gpu, args.gres, args.nodes), progress_bar=not args.no_progress)
+        train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
+              src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output,
+              summary=args.summary, teacher_path=args.teacher, threads=max(1, args.threads // args.processes),
+              processes=args.processes, nodes=args.nodes, devices=devices, stop=stop,
+              progress_bar=not args.no_progress)
 
 
 def cmd_translate(args):

@@ -56,6 +56,9 @@ class TrainingConfig:
             raise ValueError(f"zero_stage {self.zero_stage}: DeepSpeed's ZeRO stages are 0, 1, 2 and 3")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision {self.precision!r}: use fp32, bf16 or fp16")
+        if self.precision != "fp32" and self.zero_stage == 0:
+            raise ValueError(f"precision {self.precision} needs zero_stage 1 or more (DeepSpeed's stage 0 keeps "
+                             "no fp32 master weights to validate and export)")
 
     def to_dict(self) -> dict:
         return asdict(self)

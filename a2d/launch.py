@@ -1,7 +1,7 @@
 """Processes and signals: how one training job becomes a data-parallel world, and how it stops.
 
 `python -m a2d train --processes P --nodes N` starts the world itself: with P = N = 1 it trains
-in-process; otherwise it runs `torchrun --nproc-per-node P` (one node), or, inside a SLURM
+in-process; otherwise it supervises `torchrun --nproc-per-node P` (one node), or, inside a SLURM
 allocation, `srun --nodes N` to start itself on every node, where each runs `torchrun --nnodes N`;
 the workers run `python -m a2d train` again. DeepSpeed's own launcher is not used: it needs pdsh
 and host files, where torchrun and srun are what clusters have.
@@ -19,6 +19,7 @@ import torch
 
 STAGE = "A2D_LAUNCH_STAGE"  # "node": srun started this process on its node; "worker": torchrun did
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SLURM sends SIGUSR1 (or SIGTERM) before the walltime
+FORWARDED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGQUIT)  # torchrun passes these on to its workers
 
 
 def launched() -> bool:
@@ -44,7 +45,10 @@ def head_node() -> str:
     return hosts[0]
 
 
-def launch_command(argv: list[str], processes: int, nodes: int) -> tuple[list[str], str]:
+SHUTDOWN_TIMEOUT_S = 600  # torchrun's wait for workers to save after a stop signal, before SIGKILL (default 30 s)
+
+
+def launch_command(argv: list[str], processes: int, nodes: int, threads: int) -> tuple[list[str], str]:
     """The next launcher down towards `processes` workers on each of `nodes` nodes running
     `python -m a2d <argv>`, and the stage of the processes it starts: srun starts one a2d process
     per node (stage "node"), which starts torchrun, which starts the workers (stage "worker")."""
@@ -52,36 +56,55 @@ def launch_command(argv: list[str], processes: int, nodes: int) -> tuple[list[st
         if "SLURM_JOB_ID" not in os.environ:
             raise RuntimeError(f"--nodes {nodes}: several nodes need a SLURM allocation (srun starts the job on "
                                "each); run it through workflow/profiles/slurm-multinode")
-        return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-                sys.executable, "-m", "a2d", *argv], "node"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+        # Snakemake's job step strips SLURM_CPUS_PER_TASK: say it again, or srun binds the step to one CPU.
+        return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={threads}",
+                "--kill-on-bad-exit=1", sys.executable, "-m", "a2d", *argv], "node"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+                f"--signals-to-handle={','.join(s.name for s in FORWARDED_SIGNALS)}",
+                f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}"]
     if nodes == 1:
         return [*torchrun, "--standalone", "-m", "a2d", *argv], "worker"
-    rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:29500",
-                  f"--rdzv-id=a2d-{os.environ['SLURM_JOB_ID']}"]
+    job = os.environ["SLURM_JOB_ID"]  # a port per job, so that two jobs can share a head node
+    rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:{29500 + int(job) % 20000}",
+                  f"--rdzv-id=a2d-{job}"]
     return [*torchrun, *rendezvous, "-m", "a2d", *argv], "worker"
 
 
-def run_launcher(argv: list[str], processes: int, nodes: int) -> int:
-    """Run the next launcher down and pass it any stop signal, as SIGTERM; returns its exit status.
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, so no training outlives it."""
+    import ctypes
 
-    torchrun forwards SIGTERM to its workers but dies of SIGUSR1 (SLURM's usual warning signal,
-    which SLURM sends to every process of the job): it starts with SIGUSR1 ignored, in a session
-    of its own, and hears of a stop from this process only, once."""
-    command, stage = launch_command(argv, processes, nodes)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_launcher(argv: list[str], processes: int, nodes: int, threads: int) -> int:
+    """Run the next launcher down, pass it the first stop signal, and return its exit status
+    (128 + the signal after a stop, as a process killed by it would report).
+
+    torchrun and srun run in a session of their own, so that a signal to this job's process group
+    (Ctrl-C, Snakemake) reaches them once, through here; torchrun passes SIGTERM, SIGINT and
+    SIGUSR1 on to its workers and gives them SHUTDOWN_TIMEOUT_S to save. Inside a SLURM job,
+    SLURM signals every process of the job itself: this one then only outlives the signal (its
+    death would SIGTERM the child) and passes nothing on, so that nobody gets it twice."""
+    command, stage = launch_command(argv, processes, nodes, threads)
     print(f"[a2d.launch] {' '.join(command)}", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the child; its workers install their own handler
-    child = subprocess.Popen(command, env={**os.environ, STAGE: stage}, start_new_session=True)
-    forwarded = []
+    child: list[subprocess.Popen] = []
+    forwarded: list[int] = []
 
     def forward(signum, frame):
-        if not forwarded:
+        if not forwarded and child:
             forwarded.append(signum)
-            child.send_signal(signal.SIGTERM)
+            if "SLURM_JOB_ID" not in os.environ:
+                child[0].send_signal(signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
-    return child.wait()
+    child.append(subprocess.Popen(command, env={**os.environ, STAGE: stage}, start_new_session=True,
+                                  preexec_fn=die_with_parent))
+    status = child[0].wait()
+    if forwarded:
+        return 128 + forwarded[0]
+    return 128 - status if status < 0 else status
 
 
 def gpus_per_node(gpu: int, gres: str, nodes: int) -> int:
@@ -101,7 +124,7 @@ def gpus_per_node(gpu: int, gres: str, nodes: int) -> int:
 
 def check_world(processes: int, nodes: int, devices: int) -> None:
     """Fail at start-up, not hours later, when the world is not the one the rule asked for."""
-    world = int(os.environ["WORLD_SIZE"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != processes * nodes:
         raise RuntimeError(f"expected {processes * nodes} processes ({nodes} node(s) x {processes}), "
                            f"the launcher started {world}")
@@ -132,14 +155,26 @@ def setup_distributed():
 
 
 class StopRequest:
-    """Remembers a stop signal instead of dying on it, so that training can save and then exit."""
+    """While active, remembers a stop signal instead of dying of it, so that training can save and
+    then exit. A second SIGINT acts as usual (Ctrl-C twice stops at once); SIGTERM and SIGUSR1 may
+    arrive twice by design (from SLURM and from torchrun) and never do."""
 
     def __init__(self):
         self.signum: int | None = None
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            signal.signal(signum, self.previous[signum])
+            signal.raise_signal(signum)
         self.signum = signum
 
     @property

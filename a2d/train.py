@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from a2d.checkpoint import (commit_checkpoint, load_model, load_strictly, newest_intact, prune_checkpoints,
-                            save_model, to_universal)
+from a2d.checkpoint import (commit_checkpoint, load_model, load_strictly, new_tag, newest_intact,
+                            prune_checkpoints, save_model, to_universal)
 from a2d.config import SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
 from a2d.distill import DistillationModule, teacher_forward
@@ -73,8 +73,9 @@ def check_precision(precision: str) -> None:
     accelerator = get_accelerator()
     supported = {"fp32": True, "bf16": accelerator.is_bf16_supported(), "fp16": accelerator.is_fp16_supported()}
     if not supported[precision]:
+        usable = ", ".join(name for name, ok in supported.items() if ok)
         raise RuntimeError(f"precision {precision}: not supported by this machine's {accelerator.device_name()} "
-                           "accelerator; use fp32 or bf16")
+                           f"accelerator; use {usable}")
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:
@@ -102,11 +103,13 @@ class Progress:
 NON_TRAJECTORY_FIELDS = ("max_epochs", "max_steps", "patience", "save_every_steps", "keep_checkpoints")
 
 
-def run_digest(spec: SystemSpec, inputs: list[str]) -> str:
-    """Names a run by everything that shapes its trajectory: spec (less stopping criteria) and inputs."""
+def run_digest(spec: SystemSpec, inputs: list[str], batches_per_update: int) -> str:
+    """Names a run by everything that shapes its trajectory: spec (less stopping criteria), the
+    batches per update it resolves to (with the default 0, the number of processes), and inputs."""
     identity = json.loads(spec.to_json())
     for name in NON_TRAJECTORY_FIELDS:
         identity["training"].pop(name, None)
+    identity["training"]["batches_per_update"] = batches_per_update
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for path in inputs:
         with open(path, "rb") as f:
@@ -133,7 +136,7 @@ def consolidated(engine, build) -> DistillationModule:
         return engine.module
     from deepspeed.utils import safe_get_full_fp32_param
 
-    copy = build()
+    copy = build().to(engine.device)
     with torch.no_grad():
         params = dict(copy.named_parameters())
         for name, param in engine.module.named_parameters():
@@ -164,19 +167,20 @@ def reduce_sum(values: list[float], device) -> list[float]:
 def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
           checkpoint_dir: str, output: str, summary: str, teacher_path: str | None = None,
           threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
-          progress_bar: bool = True) -> dict:
+          stop: StopRequest | None = None, progress_bar: bool = True) -> dict:
     """Train (or resume) one system; writes the best weights to `output` and a JSON `summary`.
 
     Run in each process of a world of `processes` x `nodes` (see a2d.launch); `devices` > 0 checks
-    that many GPUs are visible per node.
+    that many GPUs are visible per node. `stop`, where the caller has installed it, says when a stop
+    signal came: training then saves and raises `Stopped`.
     """
     cfg = spec.training
-    stop = StopRequest()  # before anything slow, so that an early SIGTERM is not lost
+    stop = stop or StopRequest()
     torch.set_num_threads(threads)
+    check_world(processes, nodes, devices)  # before CUDA is asked for a device it may not have
     deepspeed = setup_distributed()
     import torch.distributed as dist
 
-    check_world(processes, nodes, devices)
     check_precision(cfg.precision)
     load_strictly()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -213,7 +217,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     if per_update % world:
         raise ValueError(f"{spec.name}: batches_per_update {per_update} is not a multiple of the {world} processes")
     accumulation = per_update // world
-    updates_per_epoch = len(batches) // per_update  # the last few batches of an epoch's shuffle wait for the next
+    updates_per_epoch = len(batches) // per_update  # an epoch's last (len % per_update) shuffled batches are left out
     if updates_per_epoch == 0:
         raise ValueError(f"{train_path}: {len(batches)} batches of {cfg.max_tokens} tokens, fewer than one update "
                          f"({per_update} batches): lower max_tokens or batches_per_update")
@@ -223,37 +227,38 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         f"({world} process(es) x {accumulation}), ZeRO-{cfg.zero_stage}, {cfg.precision}, method {spec.method.name}")
 
     inputs = [train_path, valid_path, src_spm, tgt_spm] + ([teacher_path] if teacher_path else [])
-    run_dir = Path(checkpoint_dir) / run_digest(spec, inputs)
+    run_dir = Path(checkpoint_dir) / run_digest(spec, inputs, per_update)
     best_path = run_dir / "best.safetensors"
     steps_path = run_dir / "steps.tsv"
-    resume = None
+    resume = None  # {"tag", "load_dir", "universal"} of the checkpoint to resume from, chosen by rank 0
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resume = newest_intact(run_dir, log)
-        if resume and resume[1]["zero_stage"] > 0 and resume[1]["world_size"] != world:
-            log(f"{spec.name}: {resume[0]} was written by {resume[1]['world_size']} process(es), this run has "
-                f"{world}: converting it to DeepSpeed's universal checkpoint")
-            resume = (resume[0], resume[1], str(to_universal(run_dir, resume[0])))
+        found = newest_intact(run_dir, log)
+        if found:
+            tag, manifest = found
+            resume = {"tag": tag, "load_dir": str(run_dir), "universal": False}
+            if manifest["zero_stage"] > 0 and manifest["world_size"] != world:
+                log(f"{spec.name}: {tag} was written by {manifest['world_size']} process(es), this run has {world}: "
+                    "converting it to DeepSpeed's universal checkpoint")
+                resume.update(load_dir=str(to_universal(run_dir, tag)), universal=True)
     shared = [resume]
     dist.broadcast_object_list(shared, src=0)
     resume = shared[0]
-    universal = resume is not None and len(resume) == 3
 
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     schedule = inverse_sqrt_schedule(cfg)
     engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, config=deepspeed_config(spec, world, accumulation, universal),
+        model=module, optimizer=optimizer, config=deepspeed_config(spec, world, accumulation, bool(resume and resume["universal"])),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     if teacher is not None:
         teacher.to(engine.device)
 
     progress = Progress()
     if resume is not None:
-        tag = resume[0]
-        _, client = engine.load_checkpoint(resume[2] if universal else str(run_dir), tag=tag)
+        _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"])
         progress = Progress(**client["progress"])
-        say(f"{spec.name}: resumed from {run_dir / tag} (epoch {progress.epoch}, step {progress.step})")
+        say(f"{spec.name}: resumed from {run_dir / resume['tag']} (epoch {progress.epoch}, step {progress.step})")
     else:
         say(f"{spec.name}: new run in {run_dir}")
     if rank == 0:  # steps past the checkpoint were lost with the process that trained them
@@ -263,10 +268,9 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             tmp.write_text("".join(f"{line}\n" for line in ["step\tloss_per_token\tlr", *kept]))
 
     def save_checkpoint():
-        tag = f"step{progress.step}"
-        if rank == 0:  # left over from a crash mid-save: start clean
-            shutil.rmtree(run_dir / tag, ignore_errors=True)
-        dist.barrier()
+        shared = [new_tag(run_dir, progress.step) if rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        tag = shared[0]
         engine.save_checkpoint(str(run_dir), tag=tag, save_latest=False, client_state={
             "progress": progress.__dict__, "universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
         dist.barrier()  # every rank's files are written
@@ -303,11 +307,11 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
                 batch = train_data.collate(batches[index]).to(engine.device)
                 loss, terms = engine(batch, teacher_forward(teacher, batch, spec.method), progress.epoch, progress.step + 1)
                 # One collective per micro-batch: every rank sees a NaN or a stop signal at the same step.
-                loss_sum, stop_any = reduce_sum([float(loss.detach()), float(stop.signum or 0)], engine.device)
+                loss_sum, stops = reduce_sum([float(loss.detach()), float(stop.signum is not None)], engine.device)
                 if not math.isfinite(loss_sum):
                     raise FloatingPointError(f"{spec.name}: loss is {loss_sum} at step {progress.step + 1}; "
                                              "stopping without saving (try a lower lr or clip_norm)")
-                stop_requested = stop_requested or stop_any > 0
+                stop_requested = stop_requested or stops > 0
                 engine.backward(loss)
                 engine.step()
                 update_loss += loss_sum / per_update
@@ -336,7 +340,10 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
 
         epoch_done = progress.batches_done >= updates_per_epoch * per_update
         full = consolidated(engine, build_module)
-        bleu = validate(full.student, valid_data, references, sp, spec)
+        # Rank 0 decodes; every rank takes its BLEU, so that all take the same decisions.
+        shared = [validate(full.student, valid_data, references, sp, spec) if rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        bleu = shared[0]
         micro_batches = updates * accumulation
         # partial: stopped by max_steps inside the epoch (or resumed inside it: then the
         # loss and speed figures cover only the batches since the resume).

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from a2d.launch import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("srun", "sbatch", "squeue", "scancel", "sinfo", "scontrol", "sacct")
 
@@ -28,12 +30,6 @@ def install() -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=900)
     subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"], check=True,
                    env=env, timeout=900, stdout=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_mb() -> int:

@@ -44,9 +44,16 @@ def train_command(corpus, system: SystemSpec, out: Path, processes: int, teacher
             *(["--teacher", str(teacher)] if teacher else [])]
 
 
+def clean_env() -> dict:
+    """This environment without what an in-process training in this pytest process left behind."""
+    left = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "A2D_LAUNCH_STAGE",
+            "TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    return {**{k: v for k, v in os.environ.items() if k not in left}, "DS_ACCELERATOR": "cpu"}
+
+
 def run_train(corpus, system, out: Path, processes: int, teacher=None) -> str:
     done = subprocess.run(train_command(corpus, system, out, processes, teacher), capture_output=True, text=True,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=600)
+                          env=clean_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -102,32 +109,63 @@ def test_checkpoints_resume_in_another_world_size(tiny_corpus, tmp_path, zero_st
           + ", ".join(f"{step}: {straight[step]:.5f}/{switched[step]:.5f}" for step in range(6, 10)))
 
 
-@pytest.mark.parametrize("processes,signum", [(1, signal.SIGUSR1), (2, signal.SIGUSR1), (2, signal.SIGTERM)])
-def test_stop_signal_saves_a_checkpoint_and_the_rerun_resumes(tiny_corpus, tmp_path, processes, signum):
-    """SIGUSR1 or SIGTERM (what SLURM sends before the walltime) to the job: every process finishes
-    the update, they save, and stop; the re-run resumes there and ends on the uninterrupted trajectory."""
+def start_training(corpus, out: Path, processes: int) -> subprocess.Popen:
+    """A long 2-process ZeRO-2 training in the background, once it has done 5 steps."""
     system = spec(2, max_steps=400, save_every_steps=1000)
-    out = tmp_path / "run"
-    process = subprocess.Popen(train_command(tiny_corpus, system, out, processes), stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, start_new_session=True)
+    process = subprocess.Popen(train_command(corpus, system, out, processes), stderr=subprocess.PIPE, text=True,
+                               env=clean_env(), start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(out.glob("checkpoints/*/steps.tsv")):
+    while time.time() < deadline and not (list(out.glob("checkpoints/*/steps.tsv")) and len(losses(out)) >= 5):
         time.sleep(0.5)
-    while time.time() < deadline and len(losses(out)) < 5:
-        time.sleep(0.5)
-    os.killpg(process.pid, signum)  # the whole job, as SLURM and Snakemake do
-    _, stderr = process.communicate(timeout=300)
-    # one process exits 128 + signal; torchrun (told SIGTERM by our launcher) exits 1 once its workers have
-    assert process.returncode == (128 + signum if processes == 1 else 1), stderr[-3000:]
-    stopped_by = signal.Signals(signum).name if processes == 1 else "SIGTERM"
-    assert f"{stopped_by}: saved a checkpoint at step" in stderr, stderr[-3000:]
+    return process
+
+
+def check_resumes_on_the_same_trajectory(corpus, tmp_path, out: Path, stderr: str, processes: int) -> None:
     saved = int(stderr.split("saved a checkpoint at step ")[1].split()[0])
     assert saved >= 5 and any((out / "checkpoints").glob(f"*/step{saved}/a2d_manifest.json"))
-
-    log = run_train(tiny_corpus, spec(2, max_steps=saved + 3), out, processes)
+    log = run_train(corpus, spec(2, max_steps=saved + 3), out, processes)
     assert f"step {saved})" in log
-    run_train(tiny_corpus, spec(2, max_steps=saved + 3), tmp_path / "straight", processes)
+    run_train(corpus, spec(2, max_steps=saved + 3), tmp_path / "straight", processes)
     assert_same_trajectory(losses(tmp_path / "straight"), losses(out))
+    assert_close_weights(tmp_path / "straight" / "model.safetensors", out / "model.safetensors")
+
+
+@pytest.mark.parametrize("processes,signum", [(1, signal.SIGUSR1), (2, signal.SIGUSR1), (2, signal.SIGTERM)])
+def test_stop_signal_saves_a_checkpoint_and_the_rerun_resumes(tiny_corpus, tmp_path, processes, signum):
+    """SIGUSR1 or SIGTERM (what SLURM sends before the walltime) to the job's process group, as
+    Snakemake or Ctrl-C send it: every process finishes the update, they save, and stop with status
+    128 + signal; the re-run resumes there and ends on the uninterrupted run's trajectory and weights."""
+    out = tmp_path / "run"
+    process = start_training(tiny_corpus, out, processes)
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert f"{signal.Signals(signum).name}: saved a checkpoint at step" in stderr, stderr[-3000:]
+    check_resumes_on_the_same_trajectory(tiny_corpus, tmp_path, out, stderr, processes)
+
+
+def worker_pid(out: Path, rank: int) -> int:
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+            argv = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if environ.get(b"A2D_LAUNCH_STAGE") == b"worker" and environ.get(b"RANK") == str(rank).encode() \
+                and str(out).encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no worker of rank {rank} for {out}")
+
+
+def test_a_signal_to_one_process_stops_them_all_at_the_same_step(tiny_corpus, tmp_path):
+    """SIGUSR1 to rank 1 alone: rank 0 hears of it through the per-step all-reduce, both save the
+    same step and stop."""
+    out = tmp_path / "run"
+    process = start_training(tiny_corpus, out, processes=2)
+    os.kill(worker_pid(out, rank=1), signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and "another process got a stop signal: saved a checkpoint at step" in stderr
+    check_resumes_on_the_same_trajectory(tiny_corpus, tmp_path, out, stderr, processes=2)
 
 
 def test_distillation_with_two_processes_and_zero3(tiny_corpus, tmp_path):
@@ -149,21 +187,23 @@ def test_launch_commands(monkeypatch):
 
     monkeypatch.delenv(launch.STAGE, raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    command, stage = launch.launch_command(["train", "--spec", "{}"], processes=2, nodes=1)
-    assert command[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m", "a2d",
-                           "train", "--spec", "{}"] and stage == "worker"
+    command, stage = launch.launch_command(["train", "--spec", "{}"], processes=2, nodes=1, threads=2)
+    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"] and stage == "worker"
+    assert "--signals-to-handle=SIGTERM,SIGUSR1,SIGINT,SIGHUP,SIGQUIT" in command
+    assert "--shutdown-timeout=600" in command
+    assert command[-6:] == ["--standalone", "-m", "a2d", "train", "--spec", "{}"]
     with pytest.raises(RuntimeError, match="SLURM allocation"):
-        launch.launch_command(["train"], processes=4, nodes=2)
+        launch.launch_command(["train"], processes=4, nodes=2, threads=32)
 
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    command, stage = launch.launch_command(["train"], processes=4, nodes=2)
-    assert command[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] and stage == "node"
-    assert command[-3:] == ["-m", "a2d", "train"]
+    command, stage = launch.launch_command(["train"], processes=4, nodes=2, threads=32)
+    assert command[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32", "--kill-on-bad-exit=1"]
+    assert command[-3:] == ["-m", "a2d", "train"] and stage == "node"
     monkeypatch.setenv(launch.STAGE, "node")  # srun started us on a node: now torchrun, joined across nodes
     monkeypatch.setattr(launch, "head_node", lambda: "gpu001")
-    command, stage = launch.launch_command(["train"], processes=4, nodes=2)
+    command, stage = launch.launch_command(["train"], processes=4, nodes=2, threads=32)
     assert stage == "worker" and "--nnodes=2" in command and "--nproc-per-node=4" in command
-    assert "--rdzv-endpoint=gpu001:29500" in command and "--rdzv-id=a2d-77" in command
+    assert "--rdzv-endpoint=gpu001:29577" in command and "--rdzv-id=a2d-77" in command
 
 
 def test_expected_devices_are_checked(monkeypatch):

@@ -16,6 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from a2d.checkpoint import tag_order
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
              "--profile", str(ROOT / "workflow" / "profiles" / "local"), "--cores", "2"]
@@ -205,7 +207,7 @@ def test_killed_training_resumes_when_snakemake_runs_again(tmp_path):
         os.kill(pid, signal.SIGKILL)
     output, _ = run.communicate(timeout=300)
     assert run.returncode != 0 and not (workdir / target).exists(), output[-3000:]
-    saved = max(int(p.parent.name[4:]) for p in checkpoints.glob("*/step*/a2d_manifest.json"))
+    saved = max(tag_order(p.parent.name) for p in checkpoints.glob("*/step*/a2d_manifest.json"))[0]
 
     snakemake(workdir, workdir / "tiny.yaml", target)
     log = (workdir / "logs" / "tiny" / "train" / "teacher.log").read_text()

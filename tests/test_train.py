@@ -50,10 +50,12 @@ def test_run_digest_ignores_bookkeeping_but_not_training_settings(tiny_corpus):
     from a2d.train import run_digest
 
     inputs = [str(tiny_corpus["train"])]
-    base = run_digest(spec(), inputs)
-    assert run_digest(spec(max_epochs=9, save_every_steps=7, keep_checkpoints=5, patience=3), inputs) == base
-    assert run_digest(spec(lr=1e-4), inputs) != base
-    assert run_digest(spec(), inputs + [str(tiny_corpus["valid"])]) != base
+    base = run_digest(spec(), inputs, 1)
+    assert run_digest(spec(max_epochs=9, save_every_steps=7, keep_checkpoints=5, patience=3), inputs, 1) == base
+    assert run_digest(spec(lr=1e-4), inputs, 1) != base
+    assert run_digest(spec(), inputs + [str(tiny_corpus["valid"])], 1) != base
+    # the update size it resolves to, not how it was written: batches_per_update 2 is the default 0 on 2 processes
+    assert run_digest(spec(batches_per_update=2), inputs, 2) == run_digest(spec(), inputs, 2) != base
 
 
 def test_changed_spec_starts_a_new_run(tiny_corpus, tmp_path):
@@ -102,19 +104,24 @@ def test_other_zero_stages_train_and_resume(tiny_corpus, tmp_path, stage):
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp_path, capfd):
-    """A flipped byte in the newest checkpoint: the resume warns, takes the one before, and still
-    ends on the uninterrupted run's weights."""
+    """A flipped byte in the newest checkpoint: the resume warns, sets it aside, takes the one
+    before, and still ends on the uninterrupted run's weights."""
+    from a2d.checkpoint import checkpoint_tags
+
     run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=3), "straight", "s.safetensors")
-    run(tiny_corpus, tmp_path, spec(max_steps=4, keep_checkpoints=3), "c", "c.safetensors")
-    (states,) = (tmp_path / "c").glob("*/step4/mp_rank_00_model_states.pt")
+    run(tiny_corpus, tmp_path, spec(max_steps=5, keep_checkpoints=3), "c", "c.safetensors")
+    (run_dir,) = (tmp_path / "c").iterdir()
+    newest, previous = checkpoint_tags(run_dir)[:2]  # step5 (end of run), step4 (periodic)
+    states = run_dir / newest / "mp_rank_00_model_states.pt"
     data = bytearray(states.read_bytes())
     data[len(data) // 2] ^= 0xFF
     states.write_bytes(bytes(data))
     capfd.readouterr()
     resumed = run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=3), "c", "c.safetensors")
     err = capfd.readouterr().err
-    assert "WARNING: skipping checkpoint step4" in err and "corrupt" in err
-    assert "step2 (epoch 1, step 2)" in err and resumed["steps"] == 6
+    assert f"WARNING: skipping checkpoint {newest}" in err and "corrupt" in err
+    assert f"resumed from {run_dir / previous} (epoch 1, step 4)" in err and resumed["steps"] == 6
+    assert (run_dir / f"{newest}.skipped").is_dir()
     a, b = final_weights(tmp_path / "straight", 6), final_weights(tmp_path / "c", 6)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
@@ -122,13 +129,26 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_corpus, t
 
 def test_incomplete_checkpoint_is_passed_over(tiny_corpus, tmp_path, capfd):
     """A checkpoint without its manifest (the process died while writing it) is never resumed."""
-    run(tiny_corpus, tmp_path, spec(max_steps=4), "i", "i.safetensors")
-    (manifest,) = (tmp_path / "i").glob("*/step4/a2d_manifest.json")
+    run(tiny_corpus, tmp_path, spec(max_steps=3), "i", "i.safetensors")
+    (manifest,) = (tmp_path / "i").glob("*/step3/a2d_manifest.json")
     manifest.unlink()
     capfd.readouterr()
     run(tiny_corpus, tmp_path, spec(max_steps=5), "i", "i.safetensors")
     err = capfd.readouterr().err
-    assert "skipping checkpoint step4" in err and "incomplete" in err and "(epoch 1, step 2)" in err
+    assert "skipping checkpoint step3" in err and "incomplete" in err and "(epoch 1, step 2)" in err
+
+
+def test_a_save_never_overwrites_a_checkpoint(tiny_corpus, tmp_path):
+    """max_steps a multiple of save_every_steps: the periodic save and the end-of-run save fall on
+    the same step, with different progress; the second gets a tag of its own."""
+    from a2d.checkpoint import checkpoint_tags
+
+    run(tiny_corpus, tmp_path, spec(max_steps=4, keep_checkpoints=5), "r", "r.safetensors")
+    (run_dir,) = (tmp_path / "r").iterdir()
+    assert checkpoint_tags(run_dir) == ["step4-1", "step4", "step2"]
+    assert (run_dir / "latest").read_text() == "step4-1"
+    run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=1), "r", "r.safetensors")  # resumes, saves, prunes
+    assert checkpoint_tags(run_dir) == ["step6-1"]
 
 
 def test_nan_loss_stops_without_saving(tiny_corpus, tmp_path, monkeypatch):

@@ -32,6 +32,6 @@ rule train:
         "python -m a2d train --spec {params.spec:q} --train {input.train:q} --valid {input.valid:q}"
         " --valid-ref {input.valid_ref:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} {params.teacher:q}"
         " --checkpoint-dir {params.checkpoint_dir:q} --output {output.model:q} --summary {output.summary:q}"
-        " --threads {threads} --processes {resources.processes} --nodes {resources.nodes}"
-        " --gpu {resources.gpu} --gres={resources.gres:q}"
+        " --threads {threads} --processes {resources.processes:q} --nodes {resources.nodes:q}"
+        " --gpu {resources.gpu:q} --gres={resources.gres:q}"
         " 2> {log:q}"
