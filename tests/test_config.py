@@ -34,6 +34,15 @@ def test_impossible_shape_fails_at_config_time():
         validate_config(config)
 
 
+def test_mixed_precision_without_zero_fails_at_config_time():
+    config = default_config()
+    config["training"].update(precision="bf16", zero_stage=0)
+    with pytest.raises(ConfigError, match="precision bf16 needs zero_stage 1 or more"):
+        validate_config(config)
+    config["training"]["zero_stage"] = 3
+    validate_config(config)
+
+
 def test_teacher_cannot_be_distilled():
     config = default_config()
     config["teacher"]["method"] = {"name": "a2d"}
