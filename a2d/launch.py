@@ -10,6 +10,7 @@ and host files, where torchrun and srun are what clusters have.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -87,7 +88,7 @@ def run_launcher(argv: list[str], processes: int, nodes: int, threads: int) -> i
     SLURM signals every process of the job itself: this one then only outlives the signal (its
     death would SIGTERM the child) and passes nothing on, so that nobody gets it twice."""
     command, stage = launch_command(argv, processes, nodes, threads)
-    print(f"[a2d.launch] {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"[a2d.launch] {shlex.join(command)}", file=sys.stderr, flush=True)
     child: list[subprocess.Popen] = []
     forwarded: list[int] = []
 
