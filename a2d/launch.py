@@ -66,7 +66,8 @@ def launch_command(argv: list[str], processes: int, nodes: int, threads: int) ->
     if nodes == 1:
         return [*torchrun, "--standalone", "-m", "a2d", *argv], "worker"
     job = os.environ["SLURM_JOB_ID"]  # a port per job, so that two jobs can share a head node
-    rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:{29500 + int(job) % 20000}",
+    port = 29500 + int(job) % 20000
+    rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:{port}",
                   f"--rdzv-id=a2d-{job}"]
     return [*torchrun, *rendezvous, "-m", "a2d", *argv], "worker"
 
@@ -132,7 +133,8 @@ def check_world(processes: int, nodes: int, devices: int) -> None:
     if devices > 0:
         visible = torch.cuda.device_count()
         if visible != devices:
-            raise RuntimeError(f"expected {devices} GPU(s) per node (the rule's gpu or gres resource), CUDA sees {visible} "
+            raise RuntimeError(f"expected {devices} GPU(s) per node (the rule's gpu or gres resource), "
+                               f"CUDA sees {visible} "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
         if processes != devices:
             raise RuntimeError(f"{processes} processes per node for {devices} GPU(s): use one process per GPU")
@@ -146,7 +148,8 @@ def setup_distributed():
     on_gpu = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
     if "RANK" not in os.environ:  # a free port, so that two trainings can run side by side
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)

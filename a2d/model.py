@@ -249,7 +249,7 @@ class Transformer(nn.Module):
         if offset + N > self.cfg.max_positions:
             raise ValueError(f"sequence of {offset + N} tokens exceeds max_positions {self.cfg.max_positions}")
         x = table(tokens) * math.sqrt(self.cfg.d_model)
-        x = x + self.positions[offset:offset + N].to(x.dtype)  # the fp32 buffer must not promote bf16/fp16 weights' activations
+        x = x + self.positions[offset:offset + N].to(x.dtype)  # the fp32 table must not promote bf16/fp16
         return F.dropout(x, self.cfg.dropout, self.training)  # (B, N, D)
 
     def encode(self, src_tokens: Tensor, return_attention: bool = False) -> EncoderOutput:

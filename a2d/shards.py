@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from a2d.files import InputError, read_lines, write_lines
 

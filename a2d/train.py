@@ -248,9 +248,9 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     schedule = inverse_sqrt_schedule(cfg)
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, config=deepspeed_config(spec, world, accumulation, bool(resume and resume["universal"])),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+    ds_config = deepspeed_config(spec, world, accumulation, load_universal=bool(resume and resume["universal"]))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config,
+                                           lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     if teacher is not None:
         teacher.to(engine.device)
 

@@ -95,7 +95,8 @@ PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
     # wrappers (first on PATH, which it keeps) bring it back without writing /etc/slurm/slurm.conf.
     for tool in CLIENTS:
         wrapper = wd / "bin" / tool
-        wrapper.write_text(f'#!/bin/sh\nexport SLURM_CONF={conf}\nexec {shutil.which(tool, path="/usr/bin:/usr/sbin")} "$@"\n')
+        real = shutil.which(tool, path="/usr/bin:/usr/sbin")
+        wrapper.write_text(f'#!/bin/sh\nexport SLURM_CONF={conf}\nexec {real} "$@"\n')
         wrapper.chmod(0o755)
     env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{wd / 'bin'}:{os.environ['PATH']}"}
     cluster = {"workdir": wd, "env": env, "partition": partition, "daemons": []}

@@ -78,7 +78,8 @@ def test_tiny_dag_on_a_real_slurm_cluster(tmp_path):
         assert pids and run.returncode == 0, output[-5000:]
         # job -> (rule, wildcards), from the plugin's log path in Snakemake's "submitted" line
         submitted = {job: (rule, wildcards) for job, rule, wildcards in re.findall(
-            r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/(?:([^/\s]+)/)?\d+\.log\)", output)}
+            r"has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/(?:([^/\s]+)/)?\d+\.log\)",
+            output)}
         teacher_jobs = sorted((job for job, what in submitted.items() if what == ("train", "teacher")), key=int)
         limits = [time_limit(job, cluster["env"]) for job in teacher_jobs]
     finally:
@@ -99,7 +100,8 @@ def test_tiny_dag_on_a_real_slurm_cluster(tmp_path):
 
     # The killed teacher was submitted again with the runtime of attempt 2 (720 * attempt minutes), and resumed.
     assert len(teacher_jobs) == 2 and limits == ["12:00:00", "1-00:00:00"], (teacher_jobs, limits)
-    assert re.search(r"resumed from \S+/step\d+ \(epoch \d+, step \d+\)", (workdir / "logs" / "tiny" / "train" / "teacher.log").read_text())
+    teacher_log = (workdir / "logs" / "tiny" / "train" / "teacher.log").read_text()
+    assert re.search(r"resumed from \S+/step\d+ \(epoch \d+, step \d+\)", teacher_log)
 
     # The same results as the local run.
     local_results = tmp_path / "local" / "results" / "tiny"
