@@ -21,6 +21,7 @@ import torch
 STAGE = "A2D_LAUNCH_STAGE"  # "node": srun started this process on its node; "worker": torchrun did
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SLURM sends SIGUSR1 (or SIGTERM) before the walltime
 FORWARDED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGQUIT)  # torchrun passes these on to its workers
+SHUTDOWN_TIMEOUT_S = 600  # torchrun's wait for workers to save after a stop signal, before SIGKILL (default 30 s)
 
 
 def launched() -> bool:
@@ -44,9 +45,6 @@ def head_node() -> str:
     if not hosts:
         raise RuntimeError(f"SLURM job {os.environ['SLURM_JOB_ID']}: no hosts in node list {nodelist!r}")
     return hosts[0]
-
-
-SHUTDOWN_TIMEOUT_S = 600  # torchrun's wait for workers to save after a stop signal, before SIGKILL (default 30 s)
 
 
 def launch_command(argv: list[str], processes: int, nodes: int, threads: int) -> tuple[list[str], str]:
