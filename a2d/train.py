@@ -141,7 +141,9 @@ def consolidated(engine, build) -> DistillationModule:
         params = dict(copy.named_parameters())
         for name, param in engine.module.named_parameters():
             full = safe_get_full_fp32_param(param)
-            params[name].copy_(full if full is not None else param.detach().float())
+            if full is None:
+                raise RuntimeError(f"{name}: DeepSpeed keeps no fp32 master weights for it")
+            params[name].copy_(full)
     return copy.eval()
 
 
