@@ -111,10 +111,10 @@ def checkpoint_tags(checkpoint_dir: str | Path) -> list[str]:
 
 
 def new_tag(checkpoint_dir: str | Path, step: int) -> str:
-    """A tag no directory has: a save never writes into a checkpoint that exists (the epoch-end save
-    often falls on the step of the periodic one, with different progress)."""
+    """A tag no directory has, set aside ones included: a save never writes into a checkpoint that
+    exists (the epoch-end save often falls on the step of the periodic one, with different progress)."""
     tag, again = f"step{step}", 0
-    while (Path(checkpoint_dir) / tag).exists():
+    while (Path(checkpoint_dir) / tag).exists() or (Path(checkpoint_dir) / f"{tag}.skipped").exists():
         again += 1
         tag = f"step{step}-{again}"
     return tag
