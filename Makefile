@@ -6,13 +6,18 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m a2d`: put the virtualenv first on PATH for them.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test venv dry-run clean
+.PHONY: run test bench venv dry-run clean
 
 run: $(STAMP)
 	snakemake --profile workflow/profiles/local
 
 test: $(STAMP)
 	python -m pytest -q
+
+# Speed and memory against fairseq (set up in its own venv under benchmarks/work) and the hardware.
+DATA ?= ../shared/data
+bench: $(STAMP)
+	python -m benchmarks --data "$(DATA)"
 
 dry-run: $(STAMP)
 	snakemake --profile workflow/profiles/local --dry-run

@@ -72,15 +72,27 @@ def cmd_translate(args):
 
     from a2d.checkpoint import load_model
     from a2d.data import encode_lines, load_sentencepiece
-    from a2d.files import read_lines, write_lines
-    from a2d.search import SearchConfig, translate
+    from a2d.files import read_lines, write_json, write_lines
+    from a2d.search import SearchConfig, timed_translate
 
     torch.set_num_threads(args.threads)
     model, src_sp, tgt_sp = load_model(args.model), load_sentencepiece(args.src_spm), load_sentencepiece(args.tgt_spm)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     sources = [torch.tensor(ids) for ids in encode_lines(src_sp, read_lines(args.input))]
     cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size)
-    write_lines(args.output, [tgt_sp.decode(hyp) for hyp in translate(model, sources, cfg)])
+    hyps, speed = timed_translate(model, sources, cfg)
+    write_lines(args.output, [tgt_sp.decode(hyp) for hyp in hyps])
+    if args.speed:
+        write_json(args.speed, speed)
+    print(f"{speed['sentences']} sentences in {speed['seconds']:.1f} s: {speed['sentences_per_s']:.1f} sentences/s, "
+          f"{speed['tokens_per_s']:.0f} generated tokens/s", file=sys.stderr)
+
+
+def cmd_export(args):
+    from a2d.export import export_ctranslate2
+
+    size = export_ctranslate2(args.model, args.src_spm, args.tgt_spm, args.output, args.quantization)
+    print(f"{args.model} -> {args.output} (CTranslate2, {args.quantization}, {size / 1e6:.2f} MB)", file=sys.stderr)
 
 
 def evaluation_config(args):
@@ -136,7 +148,8 @@ def cmd_tables(args):
 
     write_tables(args.metrics, args.summaries, args.out_dir, significance_paths=args.significance,
                  figure_paths=args.figures, baselines=args.baselines, level=args.level, samples=args.samples,
-                 config_json=args.config, cleaning_path=args.cleaning_report, overlap_warning=args.overlap_warning)
+                 config_json=args.config, cleaning_path=args.cleaning_report, overlap_warning=args.overlap_warning,
+                 speed_paths=args.speeds, model_paths=args.models, export_paths=args.exports)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -220,7 +233,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-len-b", type=int, default=10)
     s.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--speed", help="also write the decoding speed here (.json)")
     s.set_defaults(run=cmd_translate)
+
+    s = sub.add_parser("export", help="a trained model as a CTranslate2 model directory (int8 by default)")
+    s.add_argument("--model", required=True, help="weights written by `train` (.safetensors)")
+    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
+    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+    s.add_argument("--output", required=True, help="CTranslate2 model directory (replaced)")
+    s.add_argument("--quantization", default="int8", help="int8 (default), int8_float32, int16 or float32")
+    s.set_defaults(run=cmd_export)
 
     def scoring_options(s):
         s.add_argument("--tokenize", default="13a", help="sacrebleu BLEU tokenizer (none: text is already tokenised)")
@@ -278,6 +300,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap-warning", type=float, default=0.05)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--figures", nargs="*", default=[], help="PNG files to link, named <system>.<kind>.png")
+    s.add_argument("--speeds", nargs="*", default=[], help="decoding speeds written by `translate --speed`, "
+                   "named <system>.<test set>.speed.json")
+    s.add_argument("--models", nargs="*", default=[], help="model weights, named <system>/model.safetensors")
+    s.add_argument("--exports", nargs="*", default=[], help="CTranslate2 directories written by `export`, "
+                   "named <system>.ct2")
     s.set_defaults(run=cmd_tables)
     return p
 

@@ -33,9 +33,11 @@ class ModelConfig:
     ffn: int = 1024
     dropout: float = 0.3
     attention_dropout: float = 0.0
+    activation_dropout: float | None = None  # inside the feed-forward block; None: the same as dropout
     max_positions: int = 1024
     pre_norm: bool = False  # LayerNorm before each sublayer (and after the stack) instead of after it
     src_vocab_size: int | None = None  # a separate source subword model (De->Dsb recipe); None: shared
+    share_all_embeddings: bool = False  # one table for source, target and output (fairseq's flag; joint vocabulary)
 
     @property
     def source_vocab_size(self) -> int:
@@ -44,6 +46,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.share_all_embeddings and self.source_vocab_size != self.vocab_size:
+            raise ValueError("share_all_embeddings needs one joint subword model for source and target")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +131,10 @@ class MultiHeadAttention(nn.Module):
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
 
 
+def activation_dropout(cfg: ModelConfig) -> float:
+    return cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout
+
+
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ffn: int, dropout: float):
         super().__init__()
@@ -155,7 +163,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn, activation_dropout(cfg))
         self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
@@ -173,7 +181,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn, activation_dropout(cfg))
         self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
@@ -225,8 +233,10 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.src_embed = nn.Embedding(cfg.source_vocab_size, cfg.d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)  # tied to output
+        # One module, not a second tied parameter: safetensors stores no tensor twice.
+        self.src_embed = None if cfg.share_all_embeddings else nn.Embedding(cfg.source_vocab_size, cfg.d_model,
+                                                                             padding_idx=PAD_ID)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
@@ -240,9 +250,13 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        for embed in (self.src_embed, self.tgt_embed):
+        for embed in (self.source_embedding, self.tgt_embed):
             nn.init.normal_(embed.weight, mean=0.0, std=self.cfg.d_model ** -0.5)
             nn.init.zeros_(embed.weight[PAD_ID])
+
+    @property
+    def source_embedding(self) -> nn.Embedding:
+        return self.tgt_embed if self.src_embed is None else self.src_embed
 
     def embed(self, table: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         N = tokens.size(1)
@@ -255,7 +269,7 @@ class Transformer(nn.Module):
     def encode(self, src_tokens: Tensor, return_attention: bool = False) -> EncoderOutput:
         """src_tokens (B, S), right-padded with PAD_ID."""
         key_mask = (src_tokens != PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
-        x = self.embed(self.src_embed, src_tokens)
+        x = self.embed(self.source_embedding, src_tokens)
         maps, layers = [], [x]
         for layer in self.encoder_layers:
             x, probs = layer(x, key_mask, return_attention)

@@ -19,13 +19,27 @@ from a2d.files import atomic_path, read_json, write_json
 
 MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method
 METRICS = ("bleu", "chrf")
-PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas")
+PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas", "ctranslate2")
+
+
+def megabytes(path: str | Path) -> float:
+    """Size of a file, or of the files of a directory."""
+    path = Path(path)
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_paths: list[str] = (),
-               figure_paths: list[str] = ()) -> pd.DataFrame:
-    """One row per trained run and test set: scores, method, size, p-values against each baseline."""
+               figure_paths: list[str] = (), speed_paths: list[str] = (), model_paths: list[str] = (),
+               export_paths: list[str] = ()) -> pd.DataFrame:
+    """One row per trained run and test set: scores, method, size, decoding speed, p-values against each baseline."""
     summaries = {s["system"]: s for s in map(read_json, summary_paths)}
+    speeds = {}  # (run, test set) -> speed; files named <run>.<test set>.speed.json
+    for path in speed_paths:
+        run, test_set = Path(path).name.removesuffix(".speed.json").split(".", 1)
+        speeds[run, test_set] = read_json(path)
+    model_mb = {Path(p).parent.name: megabytes(p) for p in model_paths}  # <run>/model.safetensors
+    export_mb = {Path(p).name.removesuffix(".ct2"): megabytes(p) for p in export_paths}  # <run>.ct2
     figures: dict[str, list[str]] = {}
     for path in figure_paths:  # named <system>.<kind>.png
         figures.setdefault(Path(path).name.split(".")[0], []).append(str(path))
@@ -41,6 +55,7 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
     for metrics in map(read_json, metric_paths):
         run = metrics["system"]
         summary = summaries.get(run)
+        speed = speeds.get((run, metrics["test_set"]), {})
         if summary is None:
             raise ValueError(f"no training summary for system {run!r}")
         rows.append({"system": base_name(run), "run": run, "method": summary["method"],
@@ -48,6 +63,9 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
                      **{m: metrics[m] for m in METRICS}, "bleu_signature": metrics["bleu_signature"],
                      "chrf_signature": metrics["chrf_signature"],
                      "figures": ";".join(sorted(figures.get(run, []))),
+                     "model_mb": model_mb.get(run), "export_mb": export_mb.get(run),
+                     "sentences": speed.get("sentences"), "decoding_seconds": speed.get("seconds"),
+                     "threads": speed.get("threads"), "device": speed.get("device"),
                      **tests.get((run, metrics["test_set"]), {})})
     return pd.DataFrame(rows)
 
@@ -75,6 +93,12 @@ def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.Da
     for system, group in runs.groupby("system", sort=False):
         row = {"method": group["method"].iloc[0], "parameters": f"{group['parameters'].iloc[0]:,}",
                "seeds": group["run"].nunique()}
+        if group["model_mb"].notna().all():
+            row["MB"] = f"{group['model_mb'].mean():.3g}"
+        if group["export_mb"].notna().all():
+            row["CT2 MB"] = f"{group['export_mb'].mean():.3g}"
+        if group["decoding_seconds"].notna().all():  # over every run and test set of the system
+            row["sent/s"] = f"{group['sentences'].sum() / group['decoding_seconds'].sum():.1f}"
         for test_set in dict.fromkeys(runs["test_set"]):
             cell_runs = group[group["test_set"] == test_set]
             on_test_set = runs[runs["test_set"] == test_set]
@@ -94,6 +118,11 @@ def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: in
     lines = [f"{mark} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
              for baseline, mark in marks(runs, baselines).items()]
     lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
+    if runs["decoding_seconds"].notna().any():
+        speed = runs.dropna(subset=["decoding_seconds"]).iloc[0]
+        lines.append("MB: fp32 weights; CT2 MB: the CTranslate2 export; sent/s: sentences per second of the "
+                     f"pipeline's own beam search over the test sets ({speed['threads']} thread(s), "
+                     f"{speed['device']}; measured while the pipeline ran, so other jobs may have shared the machine)")
     for name, overlap in (cleaning or {}).get("eval_overlap", {}).items():
         if overlap["sources"] > overlap_warning:
             lines.append(f"WARNING: {100 * overlap['sources']:.1f}% of the source sentences of {name} were in the "
@@ -137,10 +166,12 @@ def provenance(config_json: str) -> dict:
 
 def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
                  figure_paths=(), baselines=(), level: float = 0.05, samples: int = 1000,
-                 config_json: str = "{}", cleaning_path: str | None = None, overlap_warning: float = 0.05) -> pd.DataFrame:
+                 config_json: str = "{}", cleaning_path: str | None = None, overlap_warning: float = 0.05,
+                 speed_paths=(), model_paths=(), export_paths=()) -> pd.DataFrame:
     """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
     out = Path(out_dir)
-    runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths)
+    runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths, speed_paths, model_paths,
+                      export_paths)
     table = paper_frame(runs, list(baselines), level)
     cleaning = read_json(cleaning_path) if cleaning_path else None
     notes = footnote(runs, list(baselines), level, samples, cleaning, overlap_warning)

@@ -267,7 +267,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
         kept = [line for line in (steps_path.read_text().splitlines() if steps_path.exists() else [])[1:]
                 if int(line.split("\t")[0]) <= progress.step]
         with atomic_path(steps_path) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in ["step\tloss_per_token\tlr", *kept]))
+            tmp.write_text("".join(f"{line}\n" for line in ["step\tloss_per_token\tlr\ttarget_tokens\tseconds", *kept]))
 
     def save_checkpoint():
         shared = [new_tag(run_dir, progress.step) if rank == 0 else None]
@@ -303,7 +303,7 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
             if reached_max_steps():
                 break
             chunk = epoch_order[update * per_update:(update + 1) * per_update]
-            update_loss = 0.0
+            update_loss, update_started, update_tokens = 0.0, time.perf_counter(), 0
             for index in chunk[rank * accumulation:(rank + 1) * accumulation]:
                 torch.manual_seed(batch_seed(cfg.seed, progress.epoch, index))
                 batch = train_data.collate(batches[index]).to(engine.device)
@@ -317,16 +317,18 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
                 engine.backward(loss)
                 engine.step()
                 update_loss += loss_sum / per_update
-                tokens += batch.target_tokens
+                update_tokens += batch.target_tokens
                 for name, value in terms.items():
                     per_token = value if name == "nll_per_token" else value / batch.target_tokens
                     term_sums[name] = term_sums.get(name, 0.0) + per_token
             progress.step += 1
             progress.batches_done += per_update
             updates += 1
-            if rank == 0:
+            tokens += update_tokens
+            if rank == 0:  # this process's tokens and wall time: benchmarks/ reads them
                 with open(steps_path, "a") as f:
-                    f.write(f"{progress.step}\t{update_loss:.6f}\t{engine.get_lr()[0]:.6g}\n")
+                    f.write(f"{progress.step}\t{update_loss:.6f}\t{engine.get_lr()[0]:.6g}\t{update_tokens}\t"
+                            f"{time.perf_counter() - update_started:.4f}\n")
             bar.update(1)
             bar.set_postfix(loss=f"{update_loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
                             refresh=False)

@@ -62,7 +62,7 @@ def losses(out: Path) -> dict[int, float]:
     """step -> loss per token, from the run's steps.tsv"""
     (steps,) = out.glob("checkpoints/*/steps.tsv")
     rows = [line.split("\t") for line in steps.read_text().splitlines()[1:]]
-    return {int(step): float(loss) for step, loss, _ in rows}
+    return {int(row[0]): float(row[1]) for row in rows}
 
 
 def assert_same_trajectory(a: dict[int, float], b: dict[int, float]) -> None:

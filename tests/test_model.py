@@ -55,7 +55,7 @@ def test_maps_are_stacked_layer_major():
     src, prev = random_batch()
     stacked = model(src, prev, return_attention=True).attention.encoder_self
     mask = (src != PAD_ID)[:, None, None, :]
-    x = model.embed(model.src_embed, src)
+    x = model.embed(model.source_embedding, src)
     for l, layer in enumerate(model.encoder_layers):
         x, probs = layer(x, mask, return_attention=True)
         torch.testing.assert_close(stacked[:, 2 * l:2 * l + 2], probs)

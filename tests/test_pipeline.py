@@ -66,9 +66,14 @@ def test_pipeline_end_to_end(tmp_path):
     for system in ("student_a2d", "student_a2d_corrected_layerwise"):
         assert (results / "figures" / f"{system}.aam.png").read_bytes()[:4] == b"\x89PNG"
     assert not (results / "figures" / "student_nokd.aam.png").exists()
+    header = [cell.strip() for cell in markdown.splitlines()[0].split("|")]
+    assert {"MB", "CT2 MB", "sent/s"} <= set(header)
+    assert (table["sentences"] == 20).all() and (table["decoding_seconds"] > 0).all()
+    assert (table["export_mb"] < table["model_mb"]).all()  # int8 against fp32
     for system in table["system"]:
         hyps = (results / "translations" / f"{system}.test.txt").read_text().splitlines()
         assert len(hyps) == 20
+        assert (results / "deploy" / f"{system}.ct2" / "model.bin").stat().st_size > 0
         assert (tmp_path / "logs" / "tiny" / "train" / f"{system}.log").stat().st_size > 0
         assert (results / "benchmarks" / "train" / f"{system}.tsv").exists()
 
@@ -81,9 +86,9 @@ def test_pipeline_end_to_end(tmp_path):
     config.write_text(yaml.safe_dump(edited))
     jobs = planned_jobs(snakemake(tmp_path, config, "--dry-run"))
     assert jobs == {"train": 1, "translate": 1, "evaluate": 1, "significance": 1, "plot_training": 1,
-                    "plot_alignment": 1, "tables": 1, "all": 1}, jobs
+                    "plot_alignment": 1, "export": 1, "tables": 1, "all": 1}, jobs
     plan = snakemake(tmp_path, config, "--dry-run")
-    assert "models/student_a2d/model.safetensors" in plan and "models/student_nokd/model.safetensors" not in plan
+    assert "system=student_a2d" in plan and "system=student_nokd" not in plan
 
 
 def test_configfile_replaces_the_default_config(tmp_path):

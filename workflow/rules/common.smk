@@ -24,6 +24,7 @@ JOINT_SPM = config["sentencepiece"].get("joint", True)
 SRC_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'src'}.model"
 TGT_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'tgt'}.model"
 DECODING = search_config(config)
+EXPORT_QUANTIZATION = config.get("export", {}).get("quantization", "int8")
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
 EVALUATION = evaluation_config(config)

@@ -6,7 +6,8 @@ rule translate:
         tgt_spm=TGT_SPM,
         src=f"{RESULTS}/corpus/{{source}}.src",
     output:
-        f"{RESULTS}/translations/{{system}}.{{source}}.txt",
+        text=f"{RESULTS}/translations/{{system}}.{{source}}.txt",
+        speed=f"{RESULTS}/translations/{{system}}.{{source}}.speed.json",
     params:
         beam_size=DECODING.beam_size,
         length_penalty=DECODING.length_penalty,
@@ -19,7 +20,7 @@ rule translate:
         f"{RESULTS}/benchmarks/translate/{{system}}.{{source}}.tsv"
     shell:
         "python -m a2d translate --model {input.model:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} --input {input.src:q}"
-        " --output {output:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"
+        " --output {output.text:q} --speed {output.speed:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"
         " --max-len-a {params.max_len_a:q} --max-len-b {params.max_len_b:q} --batch-size {params.batch_size:q}"
         " --threads {threads} 2> {log:q}"
 
@@ -93,6 +94,9 @@ rule tables:
         cleaning=[f"{RESULTS}/corpus/train.cleaning.json"] if REAL_DATA else [],
         figures=expand(f"{RESULTS}/figures/{{system}}.curves.png", system=SYSTEMS)
         + expand(f"{RESULTS}/figures/{{system}}.aam.png", system=A2D_SYSTEMS),
+        speeds=expand(f"{RESULTS}/translations/{{system}}.{{test_set}}.speed.json", system=SYSTEMS, test_set=TEST_SETS),
+        models=expand(f"{RESULTS}/models/{{system}}/model.safetensors", system=SYSTEMS),
+        exports=expand(f"{RESULTS}/deploy/{{system}}.ct2", system=SYSTEMS),
     output:
         markdown=f"{RESULTS}/tables/results.md",
         csv=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Results"),
@@ -114,5 +118,6 @@ rule tables:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
         " --significance {input.significance:q} --baselines {params.baselines:q} --level {params.level:q}"
         " --samples {params.samples:q} --config {params.config:q} --figures {input.figures:q}"
+        " --speeds {input.speeds:q} --models {input.models:q} --exports {input.exports:q}"
         " {params.cleaning:q} --overlap-warning {params.overlap_warning:q}"
         " --out-dir {params.out_dir:q} 2> {log:q}"

@@ -1,0 +1,166 @@
+"""Every benchmark in one run, printing each figure and each ratio against its target.
+
+    python -m benchmarks --data ../shared/data        (or: make bench)
+
+Shapes (the issue's): a 3+3-layer student (d_model 256, FFN 1024, 4 heads) and a 6+6-layer
+teacher (512, 2048, 8 heads), post-norm, tied embeddings, dropout 0.3, on the 15k-pair IWSLT'14
+sample with a joint SentencePiece BPE of 8,000, --max-tokens 4096, fp32, on `--threads` threads.
+fairseq runs the same data, vocabulary, shapes, batch size and schedule from its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from a2d.search import SearchConfig
+from benchmarks import corpus as corpus_lib
+from benchmarks import fairseq, hardware, ours, pipeline
+from benchmarks.measure import run_measured, thread_env, throughput
+
+HERE = Path(__file__).resolve().parent
+STUDENT = {"encoder_layers": 3, "decoder_layers": 3, "d_model": 256, "heads": 4, "ffn": 1024, "dropout": 0.3,
+           "attention_dropout": 0.0, "activation_dropout": 0.0, "max_positions": 1024, "share_all_embeddings": True}
+TEACHER = {**STUDENT, "encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "heads": 8, "ffn": 2048}
+# A short warm-up so that the models decode like lightly trained ones rather than at random.
+RECIPE = {"max_tokens": 4096, "lr": 1e-3, "warmup_steps": 100, "weight_decay": 1e-4, "zero_stage": 0, "seed": 1}
+A2D = {"name": "a2d"}  # the faithful mode, alpha 0.5, beta 1, gamma 0.9
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"), help="the offline data mirror")
+    p.add_argument("--work", default=str(HERE / "work"), help="scratch directory (the fairseq venv lives here too)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--updates", type=int, default=120, help="updates of each student run (one epoch is ~130)")
+    p.add_argument("--teacher-updates", type=int, default=30)
+    p.add_argument("--skip", type=int, default=5, help="first updates of each run left out of its timing")
+    p.add_argument("--test-sentences", type=int, default=500, help="first lines of the IWSLT'14 test set decoded")
+    p.add_argument("--overhead-batches", type=int, default=8)
+    p.add_argument("--overhead-rounds", type=int, default=3)
+    p.add_argument("--no-fairseq", action="store_true", help="a2d alone (no ratios against fairseq)")
+    return p.parse_args(argv)
+
+
+class Report:
+    """Collects figures; prints each as it comes and a table of ratios at the end."""
+
+    def __init__(self):
+        self.figures, self.ratios = {}, []
+
+    def figure(self, name: str, value, unit: str = ""):
+        self.figures[name] = value
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        print(f"  {name}: {shown} {unit}", flush=True)
+
+    def ratio(self, name: str, value: float, target: float, higher_is_better: bool = True):
+        met = value >= target if higher_is_better else value <= target
+        self.ratios.append({"name": name, "value": value, "target": target, "higher_is_better": higher_is_better,
+                            "met": met})
+
+    def table(self) -> str:
+        lines = [f"{'ratio':<58} {'measured':>9} {'target':>9}  result"]
+        for r in self.ratios:
+            sign = ">=" if r["higher_is_better"] else "<="
+            verdict = "met" if r["met"] else f"MISSED by {abs(r['value'] / r['target'] - 1) * 100:.0f}%"
+            lines.append(f"{r['name']:<58} {r['value']:>9.3f} {sign + format(r['target'], 'g'):>9}  {verdict}")
+        return "\n".join(lines)
+
+
+def section(title: str):
+    print(f"\n== {title}", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work, report, started = Path(args.work), Report(), time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"a2d benchmarks on {platform.processor() or platform.machine()}, {args.threads} threads; work dir {work}")
+
+    section("hardware")
+    peak = hardware.matmul_peak(args.threads)
+    report.figure("fp32 matmul 2048x2048 (GFLOP/s)", peak)
+
+    fairseq_bin = None if args.no_fairseq else fairseq.ensure_venv(work / "fairseq-venv")
+    corpus = corpus_lib.prepare(Path(args.data), work / "corpus", 8000, valid_sentences=100,
+                                test_sentences=args.test_sentences, fairseq_bin=fairseq_bin)
+
+    section("training throughput (target tokens/s, peak RSS)")
+    runs = {}
+    for name, shape, updates in (("student_nokd", STUDENT, args.updates), ("teacher", TEACHER, args.teacher_updates)):
+        runs[name] = ours.train(name, shape, {"name": "none"}, RECIPE, updates, args.skip, corpus, work,
+                                args.threads)
+        report.figure(f"a2d {name} tokens/s", runs[name]["tokens_per_s"])
+        report.figure(f"a2d {name} peak RSS (GiB)", runs[name]["peak_rss_gib"])
+        report.figure(f"a2d {name} MFU", hardware.training_gflops(runs[name]["parameters"],
+                                                                  runs[name]["tokens_per_s"]) / peak)
+    runs["student_a2d"] = ours.train("student_a2d", STUDENT, A2D, RECIPE, args.updates // 2, args.skip, corpus, work,
+                                     args.threads, teacher=Path(runs["teacher"]["model"]))
+    report.figure("a2d student_a2d tokens/s", runs["student_a2d"]["tokens_per_s"])
+    report.figure("a2d student_a2d peak RSS (GiB)", runs["student_a2d"]["peak_rss_gib"])
+    report.ratio("A2D peak RSS / no-KD peak RSS", runs["student_a2d"]["peak_rss_gib"] / runs["student_nokd"]["peak_rss_gib"],
+                 1.5, higher_is_better=False)
+
+    fairseq_runs = {}
+    if fairseq_bin is not None:
+        for name, shape, updates in (("student_nokd", STUDENT, args.updates), ("teacher", TEACHER, args.teacher_updates)):
+            save_dir = work / "fairseq" / name
+            done = run_measured(fairseq.train_command(fairseq_bin, corpus.fairseq_data, save_dir, shape, RECIPE, updates),
+                                thread_env(args.threads), work / f"fairseq_{name}.log")
+            fairseq_runs[name] = {**throughput(fairseq.update_rows(done), args.skip),
+                                  "peak_rss_gib": done.peak_rss_gib, "checkpoint": str(save_dir / "checkpoint_last.pt")}
+            report.figure(f"fairseq {name} tokens/s", fairseq_runs[name]["tokens_per_s"])
+            report.figure(f"fairseq {name} peak RSS (GiB)", fairseq_runs[name]["peak_rss_gib"])
+            report.figure(f"fairseq {name} MFU", hardware.training_gflops(
+                runs[name]["parameters"], fairseq_runs[name]["tokens_per_s"]) / peak)
+            report.ratio(f"{name} training tokens/s: a2d / fairseq",
+                         runs[name]["tokens_per_s"] / fairseq_runs[name]["tokens_per_s"], 1.5)
+
+    section("A2D overhead (seconds per batch, same batches, one process)")
+    overhead = ours.a2d_overhead(corpus, runs["teacher"]["model"], STUDENT, RECIPE, args.threads,
+                                 args.overhead_batches, args.overhead_rounds)
+    for key in ("nokd_step_s", "teacher_forward_s", "teacher_forward_with_maps_s", "a2d_step_s"):
+        report.figure(key, overhead[key], "s")
+    report.ratio("A2D step / (no-KD step + teacher forward)", overhead["ratio"], 1.15, higher_is_better=False)
+
+    section(f"decoding ({args.test_sentences} IWSLT'14 test sentences, batch 128, max length 1.2 x source + 10)")
+    ct2_dir = work / "ours" / "student_nokd.ct2"
+    size = ours.export(runs["student_nokd"]["model"], corpus, ct2_dir, "int8")
+    report.figure("student fp32 weights (MB)", size["fp32_megabytes"])
+    report.figure("student CTranslate2 int8 (MB)", size["megabytes"])
+    decoding = {}
+    for beam in (5, 1):
+        cfg = SearchConfig(beam_size=beam, length_penalty=1.0, max_len_a=1.2, max_len_b=10, batch_size=128)
+        decoding[f"a2d beam{beam}"] = ours.decode(runs["student_nokd"]["model"], corpus, cfg, args.threads)
+        decoding[f"ctranslate2 int8 beam{beam}"] = ours.decode_ctranslate2(ct2_dir, corpus, cfg, args.threads)
+        if fairseq_bin is not None:
+            decoding[f"fairseq beam{beam}"] = fairseq.generate(
+                fairseq_bin, corpus.fairseq_data, Path(fairseq_runs["student_nokd"]["checkpoint"]), beam, 128,
+                1.2, 10, args.threads, work / f"fairseq_generate_beam{beam}.log")
+        for who in ("a2d", "ctranslate2 int8", "fairseq"):
+            speed = decoding.get(f"{who} beam{beam}")
+            if speed:
+                report.figure(f"{who} beam {beam}", f"{speed['sentences_per_s']:.2f} sentences/s, "
+                              f"{speed['tokens_per_s']:.0f} tokens/s ({speed['generated_tokens']} tokens)")
+        if fairseq_bin is not None:
+            fs = decoding[f"fairseq beam{beam}"]["tokens_per_s"]
+            report.ratio(f"beam {beam} generated tokens/s: a2d / fairseq", decoding[f"a2d beam{beam}"]["tokens_per_s"] / fs, 1.5)
+            report.ratio(f"beam {beam} generated tokens/s: CTranslate2 int8 / fairseq",
+                         decoding[f"ctranslate2 int8 beam{beam}"]["tokens_per_s"] / fs, 1.5)
+
+    section("pipeline overhead")
+    noop = pipeline.noop_rerun(work / "pipeline")
+    report.figure(f"no-op snakemake re-run of the finished {noop['experiment']} experiment (s)", noop["seconds"])
+    report.ratio("no-op re-run seconds", noop["seconds"], 10.0, higher_is_better=False)
+
+    section(f"summary ({(time.perf_counter() - started) / 60:.1f} min)")
+    print(report.table())
+    results = {"args": vars(args), "python": sys.version, "figures": report.figures, "ratios": report.ratios,
+               "training": runs, "fairseq_training": fairseq_runs, "overhead": overhead, "decoding": decoding}
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nall figures: {work / 'results.json'}")

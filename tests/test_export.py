@@ -1,0 +1,83 @@
+"""The CTranslate2 export decodes like the PyTorch model it came from."""
+
+import pytest
+import torch
+
+from a2d.export import ctranslate2_translate, load_translator, write_ctranslate2
+from a2d.losses import label_smoothed_nll
+from a2d.model import BOS_ID, EOS_ID, PAD_ID, ModelConfig, Transformer
+from a2d.search import SearchConfig, translate
+
+VOCAB = 40
+PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(4, VOCAB)]
+GREEDY = SearchConfig(beam_size=1, max_len_a=1.2, max_len_b=3, batch_size=1)  # batch 1: the rule is per sentence
+
+
+def sources(n: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def ours_greedy(model: Transformer, srcs: list[list[int]]) -> list[list[str]]:
+    hyps = translate(model, [torch.tensor(s + [EOS_ID]) for s in srcs], GREEDY)
+    return [[PIECES[i] for i in h] for h in hyps]
+
+
+def exported_greedy(model: Transformer, srcs: list[list[int]], directory, quantization: str) -> list[list[str]]:
+    write_ctranslate2(model, PIECES, PIECES, str(directory), quantization)
+    translator = load_translator(str(directory), threads=1)
+    return ctranslate2_translate(translator, [[PIECES[i] for i in s] for s in srcs], GREEDY)
+
+
+@pytest.mark.parametrize("pre_norm,shared", [(False, True), (True, False)])
+def test_float32_export_decodes_exactly_like_pytorch(tmp_path, pre_norm, shared):
+    """Every weight mapped right: an untrained model's arbitrary outputs, token for token."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, encoder_layers=2, decoder_layers=2, d_model=32, heads=4,
+                                    ffn=64, max_positions=64, pre_norm=pre_norm, share_all_embeddings=shared)).eval()
+    with torch.no_grad():  # sharper distributions than the initialisation's, so that argmax ties are unlikely
+        for p in model.parameters():
+            p.mul_(3)
+    srcs = sources(30, seed=1)
+    assert exported_greedy(model, srcs, tmp_path / "m.ct2", "float32") == ours_greedy(model, srcs)
+
+
+@pytest.fixture(scope="module")
+def copying_model() -> Transformer:
+    """A student trained until it copies its input: the deployable case, confident outputs that end."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, encoder_layers=2, decoder_layers=2, d_model=64, heads=4,
+                                    ffn=128, dropout=0.0, max_positions=64, share_all_embeddings=True))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    pad = lambda seqs: torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=PAD_ID)  # noqa: E731
+    for step in range(400):
+        srcs = sources(32, seed=100 + step)
+        src = pad([torch.tensor(s + [EOS_ID]) for s in srcs])
+        target = pad([torch.tensor(s + [EOS_ID]) for s in srcs])
+        prev = torch.cat([torch.full((len(srcs), 1), BOS_ID), target[:, :-1].masked_fill(target[:, :-1] == EOS_ID, PAD_ID)], 1)
+        loss, _ = label_smoothed_nll(model(src, prev).logits, target, target != PAD_ID, 0.0)
+        optimizer.zero_grad()
+        (loss / (target != PAD_ID).sum()).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_int8_export_gives_the_students_greedy_outputs(tmp_path, copying_model):
+    srcs = sources(100, seed=7)  # unseen
+    ours = ours_greedy(copying_model, srcs)
+    assert sum(o == [PIECES[i] for i in s] for o, s in zip(ours, srcs)) >= 90  # it did learn the task
+    assert exported_greedy(copying_model, srcs, tmp_path / "m.ct2", "int8") == ours
+
+
+def test_export_replaces_a_directory_whole_and_refuses_unknown_quantization(tmp_path):
+    model = Transformer(ModelConfig(vocab_size=VOCAB, encoder_layers=1, decoder_layers=1, d_model=16, heads=2, ffn=32))
+    out = tmp_path / "m.ct2"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+    size = write_ctranslate2(model, PIECES, PIECES, str(out), "int8")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.bin", "shared_vocabulary.json"]
+    assert size == sum(p.stat().st_size for p in out.iterdir())
+    with pytest.raises(ValueError, match="quantization 'int4'"):
+        write_ctranslate2(model, PIECES, PIECES, str(tmp_path / "other.ct2"), "int4")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ct2"]  # nothing half-written left behind
