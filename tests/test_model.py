@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from a2d.model import PAD_ID, sinusoidal_positions
+from a2d.model import PAD_ID, ModelConfig, Transformer, count_parameters, dropout, sinusoidal_positions
 from conftest import random_batch, tiny_model
 
 
@@ -77,3 +77,31 @@ def test_sinusoidal_positions():
     table = sinusoidal_positions(10, 8)
     assert table.shape == (10, 8)
     torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+
+
+def test_cpu_dropout_keeps_each_value_with_probability_one_minus_p_and_scales_it():
+    torch.manual_seed(0)
+    x = torch.randn(400, 500, requires_grad=True)
+    y = dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.005)
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)  # the gradient flows through the kept values only
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert (dropout(x, 1.0, training=True) == 0).all()
+
+
+def test_shared_embeddings_are_one_table_and_need_a_joint_vocabulary():
+    shape = dict(vocab_size=50, encoder_layers=1, decoder_layers=1, d_model=16, heads=2, ffn=32)
+    shared, separate = Transformer(ModelConfig(**shape, share_all_embeddings=True)), Transformer(ModelConfig(**shape))
+    assert count_parameters(separate) - count_parameters(shared) == 50 * 16
+    assert shared.source_embedding is shared.tgt_embed and "src_embed.weight" not in shared.state_dict()
+    with pytest.raises(ValueError, match="joint subword model"):
+        ModelConfig(**shape, src_vocab_size=60, share_all_embeddings=True)
+
+
+def test_activation_dropout_defaults_to_dropout():
+    shape = dict(vocab_size=50, encoder_layers=1, decoder_layers=1, d_model=16, heads=2, ffn=32, dropout=0.2)
+    assert Transformer(ModelConfig(**shape)).encoder_layers[0].ffn.dropout == 0.2
+    assert Transformer(ModelConfig(**shape, activation_dropout=0.0)).decoder_layers[0].ffn.dropout == 0.0
