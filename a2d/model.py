@@ -249,9 +249,14 @@ class DecoderState:
     cross_values: list[Tensor]
     cross_mask: Tensor  # (B, 1, 1, S)
 
-    def select(self, index: Tensor) -> "DecoderState":
-        """Keep batch rows `index` (beam reordering), in that order."""
+    def select(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
+        """Keep batch rows `index` (beam reordering), in that order. `same_sources`: every row keeps
+        the source it had (beams reordered within their sentence), so the encoder-side cache, which
+        is the same for all beams of a sentence, is kept as it is rather than copied."""
         pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
+        if same_sources:
+            return DecoderState(pick(self.self_keys), pick(self.self_values), self.cross_keys, self.cross_values,
+                                self.cross_mask)
         return DecoderState(pick(self.self_keys), pick(self.self_values), pick(self.cross_keys),
                             pick(self.cross_values), self.cross_mask.index_select(0, index))
 

@@ -113,12 +113,13 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
         keep = torch.tensor([len(finalized[i]) < k for i in active.tolist()], dtype=torch.bool, device=device)
         if not keep.any():
             break
-        if not keep.all():  # drop finished sentences from the batch
+        dropping = not keep.all()
+        if dropping:  # drop finished sentences from the batch
             rows = rows.view(A, k)[keep].view(-1)
             scores, tokens = scores[keep], tokens.view(A, k)[keep].view(-1)
             active = active[keep]
         history = torch.cat([history[rows], tokens[:, None]], dim=1)
-        state = state.select(rows)
+        state = state.select(rows, same_sources=not dropping)
 
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finalized]
 
