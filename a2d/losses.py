@@ -27,15 +27,42 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, mask: Tensor, epsilon: fl
     return loss[mask].sum(), nll[mask].sum()
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """-sum_v q_v log softmax(s)_v per row, s (N, V) student logits, q (N, V) fixed probabilities.
+
+    One node whose backward writes softmax(s) - q into a single (N, V) tensor. Built from
+    log_softmax, a product and a sum, the same loss kept two more (N, V) tensors alive and made
+    several more in its backward: the vocabulary-sized tensors are what makes online KD need more
+    memory than training alone (benchmarks/).
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, q: Tensor) -> Tensor:
+        lse = torch.logsumexp(s, dim=-1)  # (N,)
+        ctx.save_for_backward(s, q, lse)
+        return lse - torch.bmm(q.unsqueeze(1), s.unsqueeze(2)).view(-1)  # sum_v q_v = 1
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        s, q, lse = ctx.saved_tensors
+        return torch.sub(s, lse[:, None]).exp_().sub_(q).mul_(grad[:, None]), None
+
+
 def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
     """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): -sum_v q_v log p_v per token, summed.
 
     q is the teacher's distribution at temperature tau (detached), p the student's.
     (B, T, V) logits, mask (B, T). The tau^2 factor, where wanted, is the caller's.
     """
-    teacher_probs = torch.softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    student_lprobs = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    return -(teacher_probs * student_lprobs).sum(-1)[mask].sum()
+    V = student_logits.size(-1)
+    wide = lambda t: t if t.dtype == torch.float64 else t.float()  # noqa: E731  fp32 at least
+    student = wide(student_logits).reshape(-1, V)
+    if temperature != 1.0:
+        student = student / temperature
+    with torch.no_grad():
+        teacher_probs = torch.softmax(wide(teacher_logits).reshape(-1, V) / temperature, dim=-1)
+    per_token = _SoftCrossEntropy.apply(student, teacher_probs)
+    return (per_token * mask.reshape(-1).to(per_token.dtype)).sum()
 
 
 def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
@@ -59,11 +86,17 @@ def a2d_decay(beta: float, gamma: float, count: int) -> float:
 
 def word_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> Tensor:
     """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): tau^2 * KL(q_tau || p_tau) per target
-    token, summed over `mask` (B, T). Logits (B, T, V); the teacher is detached."""
-    teacher_log = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    student_log = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)  # (B, T)
-    return temperature ** 2 * kl[mask].sum()
+    token, summed over `mask` (B, T). Logits (B, T, V); the teacher is detached.
+
+    The value is the KL itself (exactly 0 for equal distributions); the gradient is that of the
+    cross-entropy, which differs from the KL by the teacher's entropy, a constant.
+    """
+    with torch.no_grad():
+        teacher_log = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        student_log = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+        kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)[mask].sum()
+    cross_entropy = soft_cross_entropy(student_logits, teacher_logits, mask, temperature)
+    return temperature ** 2 * (kl + cross_entropy - cross_entropy.detach())
 
 
 def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fraction: float) -> Tensor:

@@ -29,6 +29,33 @@ def test_soft_cross_entropy_by_hand():
     assert ce.item() == pytest.approx(-(2 / 3 * math.log(1 / 4) + 1 / 3 * math.log(3 / 4)), rel=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_gradients_equal_those_of_the_plain_formula(temperature):
+    """The fused cross-entropy node against log_softmax, product and sum, in float64."""
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 3, 7, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    weights = torch.randn(2, 3, 7, dtype=torch.float64)  # a downstream use of the logits as well
+
+    def plain():
+        q = torch.softmax(teacher / temperature, -1)
+        return -(q * torch.log_softmax(student / temperature, -1)).sum(-1)[mask].sum()
+
+    def gradient(loss_fn):
+        student.grad = None
+        (loss_fn() + (student * weights).sum()).backward()
+        return student.grad.clone()
+
+    fused = lambda: losses.soft_cross_entropy(student, teacher, mask, temperature)  # noqa: E731
+    torch.testing.assert_close(fused(), plain())
+    torch.testing.assert_close(gradient(fused), gradient(plain))
+    assert torch.autograd.gradcheck(lambda s: losses.soft_cross_entropy(s, teacher, mask, temperature), (student,))
+    kl = losses.word_kd(student, teacher, mask, temperature)
+    entropy = -(torch.softmax(teacher / temperature, -1) * torch.log_softmax(teacher / temperature, -1)).sum(-1)[mask].sum()
+    torch.testing.assert_close(kl, temperature ** 2 * (plain() - entropy))
+
+
 def test_flattened_kl_is_zero_for_equal_maps_and_positive_otherwise():
     maps = torch.softmax(torch.randn(2, 3, 4, 5), dim=-1)
     assert losses.flattened_map_kl(maps, maps).item() == pytest.approx(0.0, abs=1e-6)
