@@ -102,7 +102,7 @@ def main(argv=None):
         report.figure(f"a2d {name} peak RSS (GiB)", runs[name]["peak_rss_gib"])
         report.figure(f"a2d {name} MFU", hardware.training_gflops(runs[name]["parameters"],
                                                                   runs[name]["tokens_per_s"]) / peak)
-    runs["student_a2d"] = ours.train("student_a2d", STUDENT, A2D, RECIPE, args.updates // 2, args.skip, corpus, work,
+    runs["student_a2d"] = ours.train("student_a2d", STUDENT, A2D, RECIPE, args.updates, args.skip, corpus, work,
                                      args.threads, teacher=Path(runs["teacher"]["model"]))
     report.figure("a2d student_a2d tokens/s", runs["student_a2d"]["tokens_per_s"])
     report.figure("a2d student_a2d peak RSS (GiB)", runs["student_a2d"]["peak_rss_gib"])
