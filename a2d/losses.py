@@ -27,6 +27,10 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, mask: Tensor, epsilon: fl
     return loss[mask].sum(), nll[mask].sum()
 
 
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
     """-sum_v q_v log softmax(s)_v per row, s (N, V) student logits, q (N, V) fixed probabilities.
 
@@ -55,12 +59,11 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Ten
     (B, T, V) logits, mask (B, T). The tau^2 factor, where wanted, is the caller's.
     """
     V = student_logits.size(-1)
-    wide = lambda t: t if t.dtype == torch.float64 else t.float()  # noqa: E731  fp32 at least
-    student = wide(student_logits).reshape(-1, V)
+    student = _at_least_fp32(student_logits).reshape(-1, V)
     if temperature != 1.0:
         student = student / temperature
     with torch.no_grad():
-        teacher_probs = torch.softmax(wide(teacher_logits).reshape(-1, V) / temperature, dim=-1)
+        teacher_probs = torch.softmax(_at_least_fp32(teacher_logits).reshape(-1, V) / temperature, dim=-1)
     per_token = _SoftCrossEntropy.apply(student, teacher_probs)
     return (per_token * mask.reshape(-1).to(per_token.dtype)).sum()
 
@@ -74,9 +77,16 @@ def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
     Returns sum over b, c of KL(teacher || student), unmasked.
     """
     B, C = student_mixed.shape[:2]
-    student_log = torch.log_softmax(student_mixed.float().reshape(B, C, -1), dim=-1)
-    teacher_log = torch.log_softmax(teacher_probs.detach().float().reshape(B, C, -1), dim=-1)
-    return F.kl_div(student_log, teacher_log, log_target=True, reduction="sum")
+    student = _at_least_fp32(student_mixed).reshape(B * C, -1)
+    with torch.no_grad():  # the value, exactly (0 for equal maps); B*C*Q*K temporaries freed at once
+        teacher_log = torch.log_softmax(_at_least_fp32(teacher_probs).reshape(B * C, -1), dim=-1)
+        kl = F.kl_div(torch.log_softmax(student, dim=-1), teacher_log, log_target=True, reduction="sum")
+        teacher = teacher_log.exp_()
+    # The gradient, that of the cross-entropy (the KL minus the teacher's entropy, a constant), from
+    # one autograd node: these maps grow with max_tokens x length x teacher heads, and the plain
+    # formula kept several of them for the backward pass (benchmarks/: A2D's peak memory).
+    cross_entropy = _SoftCrossEntropy.apply(student, teacher).sum()
+    return kl + cross_entropy - cross_entropy.detach()
 
 
 def a2d_decay(beta: float, gamma: float, count: int) -> float:

@@ -102,6 +102,12 @@ def main(argv=None):
         report.figure(f"a2d {name} peak RSS (GiB)", runs[name]["peak_rss_gib"])
         report.figure(f"a2d {name} MFU", hardware.training_gflops(runs[name]["parameters"],
                                                                   runs[name]["tokens_per_s"]) / peak)
+    # Mixed precision is not the same work as fp32 (no target): shown for what this CPU's bf16 units give.
+    for name, shape, updates in (("student_nokd", STUDENT, args.updates // 2), ("teacher", TEACHER, args.teacher_updates)):
+        bf16 = ours.train(f"{name}_bf16", shape, {"name": "none"}, {**RECIPE, "precision": "bf16", "zero_stage": 1},
+                          updates, args.skip, corpus, work, args.threads)
+        report.figure(f"a2d {name} bf16 (ZeRO-1) tokens/s", bf16["tokens_per_s"])
+        runs[f"{name}_bf16"] = bf16
     runs["student_a2d"] = ours.train("student_a2d", STUDENT, A2D, RECIPE, args.updates, args.skip, corpus, work,
                                      args.threads, teacher=Path(runs["teacher"]["model"]))
     report.figure("a2d student_a2d tokens/s", runs["student_a2d"]["tokens_per_s"])

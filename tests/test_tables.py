@@ -92,3 +92,27 @@ def test_significance_pairs_runs_of_the_same_seed(tmp_path):
     with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
         significance(names, [str(tmp_path / n) for n in names], str(tmp_path / "ref"), ["student_wkd"],
                      EvaluationConfig(bootstrap_samples=10))
+
+
+def test_size_and_speed_columns_come_from_the_model_files_and_decoding_reports(tmp_path):
+    scores = {"teacher": (30.0, 55.0), "student_a2d_seed1": (24.0, 51.0), "student_a2d_seed2": (25.0, 50.0)}
+    metrics, summaries, _ = results(tmp_path, scores, {})
+    speeds, models, exports = [], [], []
+    for run, (sentences, seconds, megabytes) in {"teacher": (100, 4.0, 3.0), "student_a2d_seed1": (100, 1.0, 1.0),
+                                                 "student_a2d_seed2": (100, 3.0, 1.0)}.items():
+        speeds.append(tmp_path / f"{run}.test.speed.json")
+        write_json(speeds[-1], {"sentences": sentences, "seconds": seconds, "threads": 2, "device": "cpu"})
+        models.append(tmp_path / run / "model.safetensors")
+        models[-1].parent.mkdir()
+        models[-1].write_bytes(b"x" * int(megabytes * 1e6))
+        exports.append(tmp_path / f"{run}.ct2")
+        exports[-1].mkdir()
+        (exports[-1] / "model.bin").write_bytes(b"x" * int(megabytes * 0.25e6))
+        (exports[-1] / "config.json").write_bytes(b"x" * 1000)
+    table = write_tables(metrics, summaries, str(tmp_path / "tables"), speed_paths=[str(p) for p in speeds],
+                         model_paths=[str(p) for p in models], export_paths=[str(p) for p in exports])
+    assert table.loc["teacher", ["MB", "CT2 MB", "sent/s"]].tolist() == ["3", "0.751", "25.0"]
+    assert table.loc["student_a2d", "sent/s"] == "50.0"  # 200 sentences in 4 s over both seeds
+    assert "sent/s: sentences per second of the pipeline's own beam search" in (tmp_path / "tables" / "results.md").read_text()
+    without = write_tables(metrics, summaries, str(tmp_path / "t2"))  # tables from before these columns existed
+    assert "sent/s" not in without.columns and "MB" not in without.columns
