@@ -79,7 +79,7 @@ def cmd_translate(args):
     model, src_sp, tgt_sp = load_model(args.model), load_sentencepiece(args.src_spm), load_sentencepiece(args.tgt_spm)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     sources = [torch.tensor(ids) for ids in encode_lines(src_sp, read_lines(args.input))]
-    cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size)
+    cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size, args.min_len)
     hyps, speed = timed_translate(model, sources, cfg)
     write_lines(args.output, [tgt_sp.decode(hyp) for hyp in hyps])
     if args.speed:
@@ -232,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-len-a", type=float, default=1.2)
     s.add_argument("--max-len-b", type=int, default=10)
     s.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    s.add_argument("--min-len", type=int, default=1, help="tokens before EOS at least")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--speed", help="also write the decoding speed here (.json)")
     s.set_defaults(run=cmd_translate)

@@ -139,6 +139,7 @@ def ctranslate2_translate(translator, sources: list[list[str]], cfg: SearchConfi
         cap = int(cfg.max_len_a * (len(sources[ids[-1]]) + 1) + cfg.max_len_b)
         results = translator.translate_batch([sources[i] for i in ids], beam_size=cfg.beam_size,
                                              length_penalty=cfg.length_penalty, max_decoding_length=cap,
+                                             min_decoding_length=min(cfg.min_len, cap),
                                              suppress_sequences=NEVER_EMITTED, return_scores=False)
         for i, result in zip(ids, results):
             outputs[i] = result.hypotheses[0]

@@ -25,6 +25,7 @@ class SearchConfig:
     max_len_a: float = 1.2
     max_len_b: int = 10
     batch_size: int = 64  # sentences per batch
+    min_len: int = 1  # tokens before EOS at least (fairseq's --min-len); the length limit wins over it
 
 
 def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
@@ -34,19 +35,21 @@ def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: in
     return limit.clamp(min=1, max=model.cfg.max_positions - 1)
 
 
-def _next_token_lprobs(lprobs: Tensor, step: int, must_end: Tensor) -> Tensor:
-    """Never emit PAD or BOS, nor EOS first (no empty output, as fairseq); rows in `must_end` may
-    only emit EOS. lprobs (N, V), must_end (N,)."""
+def _next_token_lprobs(lprobs: Tensor, step: int, must_end: Tensor, min_len: int) -> Tensor:
+    """Never emit PAD or BOS, nor EOS before `min_len` tokens (at least 1: no empty output, as
+    fairseq); rows in `must_end` may only emit EOS. lprobs (N, V), must_end (N,)."""
     lprobs[:, PAD_ID] = float("-inf")
     lprobs[:, BOS_ID] = float("-inf")
-    eos = lprobs[:, EOS_ID].clone() if step > 0 else torch.full_like(lprobs[:, EOS_ID], float("-inf"))
+    eos = lprobs[:, EOS_ID].clone()
+    if step < max(min_len, 1):
+        eos = eos.masked_fill(~must_end, float("-inf"))
     lprobs[must_end] = float("-inf")
     lprobs[:, EOS_ID] = eos
     return lprobs
 
 
 @torch.no_grad()
-def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> list[list[int]]:
+def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int, min_len: int = 1) -> list[list[int]]:
     """src (B, S) -> one token list per sentence (without EOS)."""
     B, device = src.size(0), src.device
     limits = max_lengths(model, src, max_len_a, max_len_b)
@@ -55,7 +58,7 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: 
     outputs, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(int(limits.max()) + 1):
         lprobs, state = model.decode_step(tokens, state)
-        tokens = _next_token_lprobs(lprobs, step, step >= limits).argmax(-1)  # (B,)
+        tokens = _next_token_lprobs(lprobs, step, step >= limits, min_len).argmax(-1)  # (B,)
         for b in (~finished).nonzero().flatten().tolist():
             if tokens[b] != EOS_ID:
                 outputs[b].append(int(tokens[b]))
@@ -67,7 +70,7 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: 
 
 @torch.no_grad()
 def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty: float,
-                max_len_a: float, max_len_b: int) -> list[list[int]]:
+                max_len_a: float, max_len_b: int, min_len: int = 1) -> list[list[int]]:
     """src (B, S) -> the best hypothesis per sentence (without EOS).
 
     A sentence is finished when `beam_size` hypotheses have ended with EOS; finished sentences
@@ -87,7 +90,7 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
         A = active.numel()
         lprobs, state = model.decode_step(tokens, state)  # (A*k, V)
         V = lprobs.size(-1)
-        lprobs = _next_token_lprobs(lprobs, step, (step >= limits[active]).repeat_interleave(k))
+        lprobs = _next_token_lprobs(lprobs, step, (step >= limits[active]).repeat_interleave(k), min_len)
         candidates = (scores.view(A * k, 1) + lprobs).view(A, k * V)
         top_scores, top = candidates.topk(2 * k, dim=1)  # (A, 2k): at most k of them are EOS
         top_beams, top_tokens = top // V, top % V
@@ -144,9 +147,9 @@ def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> l
         ids = order[start:start + cfg.batch_size]
         src = pad([sources[i] for i in ids]).to(device)
         if cfg.beam_size == 1:
-            hyps = greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)
+            hyps = greedy_search(model, src, cfg.max_len_a, cfg.max_len_b, cfg.min_len)
         else:
-            hyps = beam_search(model, src, cfg.beam_size, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b)
+            hyps = beam_search(model, src, cfg.beam_size, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, cfg.min_len)
         for i, hyp in zip(ids, hyps):
             outputs[i] = hyp
     return outputs

@@ -82,13 +82,14 @@ def update_rows(finished: Finished) -> list[tuple[int, float]]:
 
 
 def generate(bin_dir: Path, data: Path, checkpoint: Path, beam: int, batch_size: int, max_len_a: float,
-             max_len_b: int, threads: int, log_path: Path) -> dict:
+             max_len_b: int, min_len: int, threads: int, log_path: Path) -> dict:
     """fairseq-generate's own speed line (model loading left out), on the binarised test split."""
     # fairseq 0.12 pickles its checkpoints; torch >= 2.6 refuses them under weights_only=True.
     env = thread_env(threads, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     done = run_measured([str(bin_dir / "fairseq-generate"), str(data), "--path", str(checkpoint), "--cpu",
                          "--gen-subset", "test", "--beam", str(beam), "--batch-size", str(batch_size),
-                         "--max-len-a", str(max_len_a), "--max-len-b", str(max_len_b), "--lenpen", "1",
+                         "--max-len-a", str(max_len_a), "--max-len-b", str(max_len_b), "--min-len", str(min_len),
+                         "--lenpen", "1",
                          "--required-batch-size-multiple", "1", "--quiet"], env, log_path)
     text = "\n".join(line for _, line in done.lines)
     match = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "

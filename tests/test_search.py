@@ -69,6 +69,21 @@ def test_no_empty_output_even_when_the_model_prefers_eos():
         assert all(len(h) >= 1 for h in hyps)
 
 
+def test_min_len_holds_back_eos_until_then_but_the_length_limit_wins():
+    model = tiny_model(seed=2)
+    with torch.no_grad():
+        model.tgt_embed.weight[EOS_ID] *= 50  # EOS would end every output at once
+    src = sources()
+    limits = max_lengths(model, src, 1.0, 3).tolist()
+    for hyps in (greedy_search(model, src, 1.0, 3, min_len=4), beam_search(model, src, 3, 1.0, 1.0, 3, min_len=4)):
+        assert all(4 <= len(h) <= limit for h, limit in zip(hyps, limits))
+    for hyps in (greedy_search(model, src, 0.0, 3, min_len=6), beam_search(model, src, 3, 1.0, 0.0, 3, min_len=6)):
+        assert [len(h) for h in hyps] == [3] * src.size(0)  # the limit wins
+    # the benchmark's fixed-length decoding: exactly max_len_b tokens each
+    fixed = SearchConfig(beam_size=2, max_len_a=0, max_len_b=5, min_len=5, batch_size=4)
+    assert [len(h) for h in translate(model, [row[row != 0] for row in src], fixed)] == [5] * src.size(0)
+
+
 def test_overlong_source_is_cut_to_fit_with_a_warning():
     model = tiny_model(seed=1, max_positions=12)
     sources_ = [torch.arange(4, 30), torch.tensor([5, 6, EOS_ID])]
