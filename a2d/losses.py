@@ -52,20 +52,32 @@ class _SoftCrossEntropy(torch.autograd.Function):
         return torch.sub(s, lse[:, None]).exp_().sub_(q).mul_(grad[:, None]), None
 
 
+def _value_with_gradient_of(value: Tensor, differentiable: Tensor) -> Tensor:
+    """`value` (computed without a graph), carrying the gradient of `differentiable`, which differs
+    from it by a constant: a KL and the cross-entropy it is built on."""
+    return value + differentiable - differentiable.detach()
+
+
+def _cross_entropy_to(student_logits: Tensor, teacher_probs: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """-sum_v q_v log p_v summed over `mask` (B, T): student logits (B, T, V) at temperature tau,
+    q given as (B*T, V) probabilities."""
+    student = _at_least_fp32(student_logits).reshape(teacher_probs.shape)
+    if temperature != 1.0:
+        student = student / temperature
+    per_token = _SoftCrossEntropy.apply(student, teacher_probs)
+    return (per_token * mask.reshape(-1).to(per_token.dtype)).sum()
+
+
 def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
     """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): -sum_v q_v log p_v per token, summed.
 
     q is the teacher's distribution at temperature tau (detached), p the student's.
     (B, T, V) logits, mask (B, T). The tau^2 factor, where wanted, is the caller's.
     """
-    V = student_logits.size(-1)
-    student = _at_least_fp32(student_logits).reshape(-1, V)
-    if temperature != 1.0:
-        student = student / temperature
     with torch.no_grad():
+        V = teacher_logits.size(-1)
         teacher_probs = torch.softmax(_at_least_fp32(teacher_logits).reshape(-1, V) / temperature, dim=-1)
-    per_token = _SoftCrossEntropy.apply(student, teacher_probs)
-    return (per_token * mask.reshape(-1).to(per_token.dtype)).sum()
+    return _cross_entropy_to(student_logits, teacher_probs, mask, temperature)
 
 
 def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
@@ -85,8 +97,7 @@ def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
     # The gradient, that of the cross-entropy (the KL minus the teacher's entropy, a constant), from
     # one autograd node: these maps grow with max_tokens x length x teacher heads, and the plain
     # formula kept several of them for the backward pass (benchmarks/: A2D's peak memory).
-    cross_entropy = _SoftCrossEntropy.apply(student, teacher).sum()
-    return kl + cross_entropy - cross_entropy.detach()
+    return _value_with_gradient_of(kl, _SoftCrossEntropy.apply(student, teacher).sum())
 
 
 def a2d_decay(beta: float, gamma: float, count: int) -> float:
@@ -101,12 +112,13 @@ def word_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temper
     The value is the KL itself (exactly 0 for equal distributions); the gradient is that of the
     cross-entropy, which differs from the KL by the teacher's entropy, a constant.
     """
+    V = teacher_logits.size(-1)
     with torch.no_grad():
-        teacher_log = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        student_log = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-        kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)[mask].sum()
-    cross_entropy = soft_cross_entropy(student_logits, teacher_logits, mask, temperature)
-    return temperature ** 2 * (kl + cross_entropy - cross_entropy.detach())
+        teacher_log = torch.log_softmax(_at_least_fp32(teacher_logits).reshape(-1, V) / temperature, dim=-1)
+        student_log = torch.log_softmax(_at_least_fp32(student_logits).reshape(-1, V) / temperature, dim=-1)
+        teacher = teacher_log.exp()
+        kl = (teacher * (teacher_log - student_log)).sum(-1)[mask.reshape(-1)].sum()
+    return temperature ** 2 * _value_with_gradient_of(kl, _cross_entropy_to(student_logits, teacher, mask, temperature))
 
 
 def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fraction: float) -> Tensor:

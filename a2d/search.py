@@ -155,14 +155,17 @@ def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> l
     return outputs
 
 
+def speed(hyps: list[list], seconds: float) -> dict:
+    """Sentences and generated tokens (EOS included, as fairseq counts them) per second."""
+    tokens = sum(len(h) + 1 for h in hyps)
+    return {"sentences": len(hyps), "generated_tokens": tokens, "seconds": round(seconds, 4),
+            "sentences_per_s": round(len(hyps) / seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+
+
 def timed_translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> tuple[list[list[int]], dict]:
-    """`translate`, and its speed: sentences and generated tokens (EOS included, as fairseq counts them)
-    per second of decoding, model loading and subword (de)coding left out."""
+    """`translate`, and its `speed` over the decoding alone (model loading and subword (de)coding left out)."""
     started = time.perf_counter()
     hyps = translate(model, sources, cfg)
-    seconds = time.perf_counter() - started
-    tokens = sum(len(h) + 1 for h in hyps)
-    return hyps, {"sentences": len(hyps), "generated_tokens": tokens, "seconds": round(seconds, 4),
-                  "sentences_per_s": round(len(hyps) / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
-                  "threads": torch.get_num_threads(), "device": str(next(model.parameters()).device),
-                  "beam_size": cfg.beam_size, "batch_size": cfg.batch_size}
+    return hyps, {**speed(hyps, time.perf_counter() - started), "threads": torch.get_num_threads(),
+                  "device": str(next(model.parameters()).device), "beam_size": cfg.beam_size,
+                  "batch_size": cfg.batch_size}

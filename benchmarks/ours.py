@@ -18,7 +18,7 @@ from a2d.distill import DistillationModule, MethodConfig, teacher_forward
 from a2d.export import ctranslate2_translate, export_ctranslate2, load_translator
 from a2d.files import read_json
 from a2d.model import ModelConfig, Transformer
-from a2d.search import SearchConfig, timed_translate
+from a2d.search import SearchConfig, speed, timed_translate
 from benchmarks.corpus import Corpus
 from benchmarks.measure import run_measured, thread_env, throughput
 
@@ -88,8 +88,7 @@ def a2d_overhead(corpus: Corpus, teacher_path: str, shape: dict, recipe: dict, t
 def decode(model_path: str, corpus: Corpus, cfg: SearchConfig, threads: int) -> dict:
     torch.set_num_threads(threads)
     model = load_model(model_path)
-    _, speed = timed_translate(model, [torch.tensor(ids) for ids in corpus.test_ids], cfg)
-    return speed
+    return timed_translate(model, [torch.tensor(ids) for ids in corpus.test_ids], cfg)[1]
 
 
 def export(model_path: str, corpus: Corpus, out_dir: Path, quantization: str) -> dict:
@@ -101,7 +100,4 @@ def decode_ctranslate2(model_dir: Path, corpus: Corpus, cfg: SearchConfig, threa
     translator = load_translator(str(model_dir), threads)
     started = time.perf_counter()
     hyps = ctranslate2_translate(translator, corpus.test_pieces, cfg)
-    seconds = time.perf_counter() - started
-    tokens = sum(len(h) + 1 for h in hyps)
-    return {"sentences": len(hyps), "generated_tokens": tokens, "seconds": seconds,
-            "sentences_per_s": len(hyps) / seconds, "tokens_per_s": tokens / seconds}
+    return speed(hyps, time.perf_counter() - started)
