@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from a2d.files import read_parallel, write_json, write_lines
+from a2d.files import InputError, read_parallel, write_json, write_lines
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,16 @@ class CleaningReport:
     removed: Counter = field(default_factory=Counter)  # reason -> pairs
     # evaluation set -> fractions of its source sentences and of its pairs found in the raw training data
     overlap: dict = field(default_factory=dict)
+    blank_references: dict = field(default_factory=dict)  # evaluation set -> blank reference lines (if any)
 
     @property
     def kept(self) -> int:
         return self.input_pairs - sum(self.removed.values())
 
     def to_dict(self) -> dict:
+        blank = {"blank_references": self.blank_references} if self.blank_references else {}
         return {"input_pairs": self.input_pairs, "kept_pairs": self.kept, "removed": dict(self.removed),
-                "eval_overlap": self.overlap}
+                "eval_overlap": self.overlap, **blank}
 
 
 def preprocess_lines(lines: list[str], lang: str, pre: Preprocess, pretokenized: bool) -> list[str]:
@@ -53,15 +55,30 @@ def preprocess_lines(lines: list[str], lang: str, pre: Preprocess, pretokenized:
     return lines
 
 
-def read_datasets(sources: list[str], targets: list[str], langs: tuple[str, str], pre: Preprocess,
-                  pretokenized: list[bool]) -> tuple[list[str], list[str]]:
-    """Concatenate the named datasets, each checked to align line by line, then preprocess."""
+def read_datasets(sources: list[str], targets: list[str], spec: dict) -> tuple[list[str], list[str]]:
+    """Concatenate the split's datasets, each checked to align line by line (errors name the
+    registry dataset beside its fetched copy), then preprocess."""
+    pre, langs = Preprocess(**spec["preprocess"]), spec["languages"]
     src_all, tgt_all = [], []
-    for src_path, tgt_path, done in zip(sources, targets, pretokenized, strict=True):
-        src, tgt = read_parallel(src_path, tgt_path)
+    for name, src_path, tgt_path, done in zip(spec["datasets"], sources, targets, spec["pretokenized"], strict=True):
+        try:
+            src, tgt = read_parallel(src_path, tgt_path)
+        except InputError as err:
+            raise InputError(f"dataset {name}: {err}") from None
         src_all += preprocess_lines(src, langs[0], pre, done)
         tgt_all += preprocess_lines(tgt, langs[1], pre, done)
     return src_all, tgt_all
+
+
+def check_references(references: list[str], spec: dict, targets: list[str]) -> None:
+    """An evaluation set needs a reference on every line: a blank one scores any output as wrong."""
+    blank = [number for number, line in enumerate(references, start=1) if not line]
+    if not blank or spec.get("allow_blank_references"):
+        return
+    lines = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
+    raise InputError(f"dataset(s) {', '.join(spec['datasets'])} ({', '.join(targets)}): {len(blank)} of "
+                     f"{len(references)} references are blank (line {lines} of the concatenated set); fix the "
+                     "data, or set data.allow_blank_references: true to score it anyway (warned under the table)")
 
 
 def removal_reason(src: str, tgt: str, cfg: Cleaning) -> str | None:
@@ -82,6 +99,9 @@ def clean(src: list[str], tgt: list[str], cfg: Cleaning,
     train_sources, train_pairs = set(src), set(zip(src, tgt))
     for name, (eval_src, eval_tgt) in eval_sets.items():
         sources = sum(s in train_sources for s in eval_src)
+        if blank := sum(not t for t in eval_tgt):
+            report.blank_references[name] = blank
+            print(f"WARNING: {blank} of {len(eval_tgt)} references of evaluation set {name!r} are blank", file=sys.stderr)
         pairs = sum(pair in train_pairs for pair in zip(eval_src, eval_tgt))
         report.overlap[name] = {"sources": round(sources / len(eval_src), 4), "pairs": round(pairs / len(eval_src), 4)}
         if report.overlap[name]["sources"] > cfg.overlap_warning:
@@ -111,13 +131,16 @@ def prepare(spec: dict, sources: list[str], targets: list[str], out_src: str, ou
             report_path: str | None = None, eval_sources: list[str] = (), eval_targets: list[str] = (),
             eval_names: list[str] = ()) -> None:
     """One split of an experiment's corpus. `spec` is the split's resolved data config (a rule param)."""
-    pre = Preprocess(**spec["preprocess"])
-    src, tgt = read_datasets(sources, targets, tuple(spec["languages"]), pre, spec["pretokenized"])
-    if report_path is not None:
+    src, tgt = read_datasets(sources, targets, spec)
+    if report_path is None:
+        check_references(tgt, spec, targets)
+    else:
         evals = {name: read_parallel(s, t) for name, s, t in zip(eval_names, eval_sources, eval_targets, strict=True)}
         src, tgt, report = clean(src, tgt, Cleaning(**spec["cleaning"]), evals)
         if not src:
-            raise ValueError(f"cleaning removed all {report.input_pairs} training pairs: {dict(report.removed)}")
+            raise InputError(f"dataset(s) {', '.join(spec['datasets'])} ({', '.join(sources)}; {', '.join(targets)}): "
+                             f"cleaning removed all {report.input_pairs} training pairs: {dict(report.removed)}; "
+                             "see data.cleaning")
         print(f"cleaning kept {report.kept} of {report.input_pairs} pairs; removed {dict(report.removed)}", file=sys.stderr)
     write_lines(out_src, src)
     write_lines(out_tgt, tgt)

@@ -106,7 +106,7 @@ class SystemSpec:
 
     def __post_init__(self):
         if self.targets not in TARGETS:
-            raise ConfigError(f"{self.name}.targets: {self.targets!r} is not one of {', '.join(TARGETS)}")
+            raise ConfigError(f"{spec_key(self.name)}.targets: {self.targets!r} is not one of {', '.join(TARGETS)}")
 
     @property
     def label(self) -> str:
@@ -129,7 +129,7 @@ class SystemSpec:
 
     def model_config(self, vocab_size: int, src_vocab_size: int | None = None) -> ModelConfig:
         return build(ModelConfig, {**self.model, "vocab_size": vocab_size, "src_vocab_size": src_vocab_size},
-                     f"{self.name}.model")
+                     f"{spec_key(self.name)}.model")
 
 
 def schema() -> dict:
@@ -145,12 +145,20 @@ def load_config(path: str | Path) -> dict:
 
 
 def validate_config(config: dict, where: str = "config") -> None:
-    """Schema check, then build every system spec so that bad values fail now."""
+    """Schema check, then build every system spec so that bad values fail now. Errors name `where`
+    (the config file) and the key path."""
+    try:
+        check_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def check_config(config: dict) -> None:
     try:
         jsonschema.validate(config, schema())
     except jsonschema.ValidationError as err:
         location = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ConfigError(f"{where}: at {location}: {err.message}") from None
+        raise ConfigError(f"at {location}: {err.message}") from None
     vocab = config["sentencepiece"]["vocab_size"]
     teacher = system_spec(config, "teacher")
     teacher_shape = teacher.model_config(vocab)
@@ -160,23 +168,23 @@ def validate_config(config: dict, where: str = "config") -> None:
         try:
             spec.method.check_fits(shape, teacher_shape)
         except ValueError as err:
-            raise ConfigError(f"{where}: {name}: method {spec.method.name}: {err}") from None
+            raise ConfigError(f"{spec_key(name)}.method: {spec.method.name}: {err}") from None
     if teacher.method.needs_teacher or teacher.targets != "reference":
-        raise ConfigError(f"{where}: teacher: the teacher is trained on the references without distillation")
+        raise ConfigError("teacher: the teacher is trained on the references without distillation")
     shards = seq_kd_config(config).shards
     if "corpus" in config and shards > config["corpus"]["synthetic"]["train"]:
-        raise ConfigError(f"{where}: seq_kd.shards {shards} exceeds the {config['corpus']['synthetic']['train']} "
+        raise ConfigError(f"seq_kd.shards: {shards} exceeds the {config['corpus']['synthetic']['train']} "
                           "training pairs it would split")
     search_config(config)
     evaluation_config(config)
     if "data" in config:
-        check_data(config, where)
+        check_data(config)
 
 
 RESERVED_SPLITS = ("train", "valid", "train_seq_kd")
 
 
-def check_data(config: dict, where: str) -> None:
+def check_data(config: dict) -> None:
     """Every named dataset is in the registry and holds both languages of the experiment."""
     data, entries = config["data"], registry(config)
     try:
@@ -188,14 +196,14 @@ def check_data(config: dict, where: str) -> None:
     for split, names in [("train", data["train"]), ("valid", data["valid"]), *data["test"].items()]:
         for name in names:
             if name not in entries:
-                raise ConfigError(f"{where}: data.{split}: unknown dataset {name!r}; the registry "
+                raise ConfigError(f"data.{split}: unknown dataset {name!r}; the registry "
                                   f"(config/datasets.yaml and datasets:) has {', '.join(sorted(entries))}")
             missing = [lang for lang in langs if lang not in entries[name]]
             if missing:
-                raise ConfigError(f"{where}: data.{split}: dataset {name!r} has no {'/'.join(missing)} side")
+                raise ConfigError(f"data.{split}: dataset {name!r} has no {'/'.join(missing)} side")
     for name in data["test"]:
         if name in RESERVED_SPLITS or name.startswith("train_shard"):
-            raise ConfigError(f"{where}: data.test: {name!r} is a reserved split name")
+            raise ConfigError(f"data.test: {name!r} is a reserved split name")
     preprocess_config(config)
     cleaning_config(config)
 
@@ -227,6 +235,8 @@ def split_spec(config: dict, split: str) -> str:
             "preprocess": asdict(preprocess_config(config))}
     if split == "train":
         spec["cleaning"] = asdict(cleaning_config(config))
+    elif data.get("allow_blank_references"):  # only when set: the spec of existing experiments stays as it was
+        spec["allow_blank_references"] = True
     return json.dumps(spec, sort_keys=True)
 
 
@@ -247,6 +257,11 @@ def base_name(name: str) -> str:
     return base if sep and seed.isdigit() else name
 
 
+def spec_key(name: str) -> str:
+    """Where a system's settings sit in the config: `teacher` or `students.<name>`."""
+    return "teacher" if name == "teacher" else f"students.{base_name(name)}"
+
+
 def system_spec(config: dict, name: str) -> SystemSpec:
     base = base_name(name)
     entry = config["teacher"] if name == "teacher" else config["students"][base]
@@ -258,8 +273,8 @@ def system_spec(config: dict, name: str) -> SystemSpec:
     return SystemSpec(
         name=name,
         model=dict(entry.get("model", {})),
-        method=build(MethodConfig, entry.get("method", {}), f"{name}.method"),
-        training=build(TrainingConfig, training, f"{name}.training"),
+        method=build(MethodConfig, entry.get("method", {}), f"{spec_key(name)}.method"),
+        training=build(TrainingConfig, training, f"{spec_key(name)}.training"),
         targets=entry.get("targets", "reference"),
     )
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+# C0 controls but tab, and DEL: never text (a NUL would even reach SentencePiece as a piece). C1
+# controls (U+0080-U+009F) pass: real corpora (IWSLT'14) hold a few as mojibake.
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class InputError(ValueError):
@@ -20,6 +25,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a shared cluster
     os.close(fd)
     try:
         yield Path(tmp)
@@ -27,6 +33,38 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _control_error(where: str, number: int, column: int, char: str) -> InputError:
+    return InputError(f"{where}:{number}: control character U+{ord(char):04X} at column {column}; "
+                      "corpora must be plain text (tabs allowed)")
+
+
+def check_line(line: str, where: str, number: int) -> None:
+    """A line of text holds no control character but tab (the line end already split off)."""
+    if found := CONTROL.search(line):
+        raise _control_error(where, number, found.start() + 1, found.group())
+
+
+def check_text(data: bytes, where: str) -> None:
+    """`data` is non-empty UTF-8 text without control characters; errors name `where` and the line.
+    (One pass over the whole text: corpora have millions of lines.)"""
+    if not data.strip():
+        raise InputError(f"{where}: no text (the file is empty)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        number = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{where}:{number}: invalid UTF-8 ({err.reason})") from None
+    if found := CONTROL.search(text):
+        at = found.start()
+        raise _control_error(where, text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at), found.group())
 
 
 def write_lines(path: str | os.PathLike, lines) -> None:
@@ -48,14 +86,17 @@ def read_json(path: str | os.PathLike):
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Lines of a UTF-8 text file, stripped of surrounding whitespace (upstream corpora carry
-    trailing spaces). Invalid UTF-8 and empty files are errors naming the file (and line)."""
+    trailing spaces). Invalid UTF-8, control characters and empty files are errors naming the file
+    (and line)."""
     lines = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                lines.append(raw.decode("utf-8").strip())
+                line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
             except UnicodeDecodeError as err:
                 raise InputError(f"{path}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+            check_line(line, str(path), number)
+            lines.append(line.strip())
     if not lines:
         raise InputError(f"{path}: file is empty")
     return lines

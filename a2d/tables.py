@@ -128,6 +128,9 @@ def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: in
             lines.append(f"WARNING: {100 * overlap['sources']:.1f}% of the source sentences of {name} were in the "
                          f"raw training data ({cleaning['removed'].get('in_eval_set', 0)} training pairs removed "
                          "as in an evaluation set)")
+    for name, blank in (cleaning or {}).get("blank_references", {}).items():
+        lines.append(f"WARNING: {blank} references of {name} are blank (data.allow_blank_references): every "
+                     "system scores zero on those lines")
     return lines + [f"sacrebleu {kind}: {sig}" for kind in ("bleu", "chrf")
                     for sig in sorted(set(runs[f"{kind}_signature"]))]
 

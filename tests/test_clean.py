@@ -59,9 +59,11 @@ def test_prepare_concatenates_datasets_and_reports(tmp_path):
 
 
 @pytest.mark.parametrize("de, en, message", [
-    (b"eins\nzwei\n", b"one\n", r"a\.de has 2 lines but .*a\.en has 1"),
+    (b"eins\nzwei\n", b"one\n", r"^dataset a: .*a\.de has 2 lines but .*a\.en has 1"),
     (b"eins\nzw\xffei\n", b"one\ntwo\n", r"a\.de:2: invalid UTF-8"),
     (b"", b"", r"a\.de: file is empty"),
+    (b"eins\nzw\x00ei\n", b"one\ntwo\n", r"a\.de:2: control character U\+0000 at column 3"),
+    (b"eins\n", b"o\x1bne\n", r"a\.en:1: control character U\+001B at column 2"),
 ])
 def test_bad_input_names_file_and_line_and_leaves_no_output(tmp_path, de, en, message):
     src, tgt = write(tmp_path / "a.de", de), write(tmp_path / "a.en", en)
@@ -70,8 +72,32 @@ def test_bad_input_names_file_and_line_and_leaves_no_output(tmp_path, de, en, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "a.en"]
 
 
+def test_tabs_are_text(tmp_path):
+    src, tgt = write(tmp_path / "a.de", b"eins\tzwei\n"), write(tmp_path / "a.en", b"one\ttwo\n")
+    prepare(spec(), [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
+    assert (tmp_path / "o.de").read_text() == "eins\tzwei\n"
+
+
 def test_cleaning_that_removes_everything_is_an_error(tmp_path):
     src, tgt = write(tmp_path / "a.de", b"x\n"), write(tmp_path / "a.en", b"one two three four\n")
-    with pytest.raises(ValueError, match=r"cleaning removed all 1 training pairs: {'length_ratio': 1}"):
+    with pytest.raises(InputError, match=r"^dataset\(s\) a \(.*a\.de; .*a\.en\): cleaning removed all 1 training "
+                                         r"pairs: {'length_ratio': 1}; see data.cleaning"):
         prepare(spec(), [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
     assert not (tmp_path / "o.de").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_an_evaluation_set_with_blank_references_is_an_error(tmp_path):
+    src, tgt = write(tmp_path / "a.de", b"eins\nzwei\ndrei\n"), write(tmp_path / "a.en", b"one\n \nthree\n")
+    eval_spec = {key: value for key, value in spec().items() if key != "cleaning"}
+    with pytest.raises(InputError, match=r"^dataset\(s\) a \(.*a\.en\): 1 of 3 references are blank \(line 2 of "
+                                         r"the concatenated set\).*data.allow_blank_references: true"):
+        prepare(eval_spec, [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"))
+    assert not (tmp_path / "o.de").exists()
+    prepare({**eval_spec, "allow_blank_references": True}, [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"))
+    assert (tmp_path / "o.en").read_text() == "one\n\nthree\n"
+
+
+def test_blank_references_allowed_are_reported(capsys):
+    _, _, report = clean(["s"], ["t"], Cleaning(), {"test": (["a", "b"], ["", "x"])})
+    assert report.to_dict()["blank_references"] == {"test": 1}
+    assert "WARNING: 1 of 2 references of evaluation set 'test' are blank" in capsys.readouterr().err

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 
 from a2d.data import ParallelData, encode_corpus, load_sentencepiece
@@ -46,6 +49,20 @@ def test_read_lines_errors_name_file_and_line(tmp_path):
     write_lines(b, ["x"])
     with pytest.raises(InputError, match="a.txt has 2 lines but .*b.txt has 1"):
         read_parallel(a, b)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"fine\r\nst\x00op\n")
+    with pytest.raises(InputError, match=r"nul.txt:2: control character U\+0000 at column 3"):
+        read_lines(nul)
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            write_lines(tmp_path / f"{umask:o}.txt", ["x"])
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / f"{umask:o}.txt").stat().st_mode) == mode
 
 
 def test_encode_and_batches(tiny_corpus, tmp_path):

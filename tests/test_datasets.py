@@ -99,3 +99,24 @@ def test_every_mirrored_registry_entry_matches_its_checksum(tmp_path):
                 fetch_side(name, lang, side, str(tmp_path / "out"), str(MIRROR))
                 checked += 1
     assert checked >= 30
+
+
+def test_every_origin_is_normalised_to_the_checksummed_text(tmp_path):
+    """What the official source serves (CRLF, no final newline, a BOM) and the mirror's normalised copy
+    give the same bytes, so one sha256 covers both."""
+    served = b"\xef\xbb\xbfGuten Tag .\r\nWie geht es ?"
+    (tmp_path / "served.de.gz").write_bytes(gzip.compress(served))
+    side = {"url": (tmp_path / "served.de.gz").as_uri(), "sha256": digest(TEXT),
+            "download_sha256": digest(gzip.compress(served))}
+    fetch_side("toy/x", "de", side, str(tmp_path / "a"), mirror=None)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x.de").write_bytes(TEXT)
+    fetch_side("toy/x", "de", {**side, "mirror": "x.de"}, str(tmp_path / "b"), str(tmp_path / "m"))
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == TEXT
+
+
+def test_control_characters_in_a_users_file_name_it_and_the_line(tmp_path):
+    (tmp_path / "mine.de").write_bytes(b"ok\nnot\x00ok\n")
+    with pytest.raises(InputError, match=rf"^{tmp_path}/mine.de \(dataset mine/train, de\):2: control character U\+0000"):
+        fetch_side("mine/train", "de", {"path": str(tmp_path / "mine.de")}, str(tmp_path / "o"), None)
+    assert not (tmp_path / "o").exists()

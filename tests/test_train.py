@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from a2d.checkpoint import load_model, save_model
 from a2d.config import SystemSpec, TrainingConfig
 from a2d.distill import MethodConfig
+from a2d.files import InputError
 from a2d.train import train
 from conftest import tiny_model
 
@@ -89,11 +91,23 @@ def test_model_loading_is_strict(tmp_path):
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     save_file(state, str(tmp_path / "extra.safetensors"), metadata=metadata)
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(InputError, match=r"extra.safetensors: its tensors do not fit .*: unexpected unexpected.weight$"):
         load_model(tmp_path / "extra.safetensors")
+    name = next(iter(state))
+    wrong = {k: v for k, v in load_file(path).items() if k != name}
+    save_file(wrong, str(tmp_path / "missing.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match=rf"missing.safetensors: .*: missing {re.escape(name)}$"):
+        load_model(tmp_path / "missing.safetensors")
+    wrong[name] = torch.zeros(2, 3)
+    save_file(wrong, str(tmp_path / "shape.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match=rf"shape.safetensors: .*: {re.escape(name)} is \(2, 3\), the model needs"):
+        load_model(tmp_path / "shape.safetensors")
     save_file({k: v for k, v in load_file(path).items()}, str(tmp_path / "nometa.safetensors"))
-    with pytest.raises(ValueError, match="not an a2d model"):
+    with pytest.raises(InputError, match="nometa.safetensors: not an a2d model"):
         load_model(tmp_path / "nometa.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cut.safetensors: not a readable safetensors file \(.*\); a truncated copy"):
+        load_model(tmp_path / "cut.safetensors")
 
 
 @pytest.mark.parametrize("stage", [0, 2])

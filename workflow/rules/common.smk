@@ -5,8 +5,12 @@ from a2d.config import (baselines, cleaning_config, evaluation_config, search_co
                         test_sets, validate_config)
 from a2d.datasets import mirror_dir, registry
 
-# Structure against workflow/schemas/config.schema.yaml, then values (every system's shape).
-validate_config(config, "config")
+# Structure against workflow/schemas/config.schema.yaml, then values (every system's shape); errors
+# name the config file(s) and the key.
+CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
+if workflow.config_settings.config:
+    CONFIG_SOURCE += " with --config " + " ".join(sorted(workflow.config_settings.config))
+validate_config(config, CONFIG_SOURCE)
 
 RESULTS = f"results/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"

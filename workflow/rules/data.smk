@@ -37,7 +37,7 @@ if REAL_DATA:
             f"{RESULTS}/benchmarks/fetch/{{dataset}}.{{lang}}.tsv"
         shell:
             "python -m a2d fetch --name {wildcards.dataset:q} --lang {wildcards.lang:q} --side {params.side:q}"
-            " --mirror {MIRROR:q} --output {output:q} 2> {log:q}"
+            " --mirror={MIRROR:q} --output {output:q} 2> {log:q}"
 
     rule prepare_eval:
         """A validation or test set: concatenated, preprocessed like the training data, never filtered."""
