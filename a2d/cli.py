@@ -56,7 +56,7 @@ def cmd_train(args):
 
     devices = gpus_per_node(args.gpu, args.gres, args.nodes)
     if (args.processes > 1 or args.nodes > 1) and not launched():
-        sys.exit(run_launcher(args.argv, args.processes, args.nodes, args.threads))
+        sys.exit(run_launcher(args.argv, args.processes, args.nodes, args.threads, args.rendezvous))
     with StopRequest() as stop:  # before the slow imports, so that an early SIGTERM is not lost
         from a2d.train import train
 
@@ -215,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--processes", type=int, default=1,
                    help="data-parallel processes per node (one per GPU); above 1, torchrun starts them")
     s.add_argument("--nodes", type=int, default=1, help="nodes (inside a SLURM allocation: srun starts torchrun on each)")
+    s.add_argument("--rendezvous", default="", metavar="HOST:PORT",
+                   help="several nodes without SLURM: start this same command on every node, with the first node's "
+                   "address and a free port")
     s.add_argument("--gpu", type=int, default=0, help="GPUs asked of SLURM for the job (the rule's gpu resource); "
                    "training checks at start-up that CUDA sees them (0: no check)")
     s.add_argument("--gres", default="", help="SLURM generic resources asked for (gpu:N = N GPUs per node, checked)")

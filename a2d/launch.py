@@ -3,7 +3,8 @@
 `python -m a2d train --processes P --nodes N` starts the world itself: with P = N = 1 it trains
 in-process; otherwise it supervises `torchrun --nproc-per-node P` (one node), or, inside a SLURM
 allocation, `srun --nodes N` to start itself on every node, where each runs `torchrun --nnodes N`;
-the workers run `python -m a2d train` again. DeepSpeed's own launcher is not used: it needs pdsh
+the workers run `python -m a2d train` again. Without SLURM, the same command started on every node
+with `--rendezvous HOST:PORT` (the first node's address) runs `torchrun --nnodes N` there directly. DeepSpeed's own launcher is not used: it needs pdsh
 and host files, where torchrun and srun are what clusters have.
 """
 
@@ -47,14 +48,17 @@ def head_node() -> str:
     return hosts[0]
 
 
-def launch_command(argv: list[str], processes: int, nodes: int, threads: int) -> tuple[list[str], str]:
+def launch_command(argv: list[str], processes: int, nodes: int, threads: int,
+                   rendezvous: str = "") -> tuple[list[str], str]:
     """The next launcher down towards `processes` workers on each of `nodes` nodes running
     `python -m a2d <argv>`, and the stage of the processes it starts: srun starts one a2d process
-    per node (stage "node"), which starts torchrun, which starts the workers (stage "worker")."""
-    if nodes > 1 and os.environ.get(STAGE) != "node":
+    per node (stage "node"), which starts torchrun, which starts the workers (stage "worker").
+    With `rendezvous` (HOST:PORT) the caller has started this on every node itself: no srun."""
+    if nodes > 1 and not rendezvous and os.environ.get(STAGE) != "node":
         if "SLURM_JOB_ID" not in os.environ:
             raise RuntimeError(f"--nodes {nodes}: several nodes need a SLURM allocation (srun starts the job on "
-                               "each); run it through workflow/profiles/slurm-multinode")
+                               "each; run it through workflow/profiles/slurm-multinode), or the same command "
+                               "started on every node with --rendezvous HOST:PORT of the first")
         # Snakemake's job step strips SLURM_CPUS_PER_TASK: say it again, or srun binds the step to one CPU.
         return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={threads}",
                 "--kill-on-bad-exit=1", sys.executable, "-m", "a2d", *argv], "node"
@@ -63,11 +67,18 @@ def launch_command(argv: list[str], processes: int, nodes: int, threads: int) ->
                 f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}"]
     if nodes == 1:
         return [*torchrun, "--standalone", "-m", "a2d", *argv], "worker"
-    job = os.environ["SLURM_JOB_ID"]  # a port per job, so that two jobs can share a head node
-    port = 29500 + int(job) % 20000
-    rendezvous = [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head_node()}:{port}",
-                  f"--rdzv-id=a2d-{job}"]
-    return [*torchrun, *rendezvous, "-m", "a2d", *argv], "worker"
+    endpoint, run_id = rendezvous_point(rendezvous)
+    return [*torchrun, f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={run_id}", "-m", "a2d", *argv], "worker"
+
+
+def rendezvous_point(rendezvous: str) -> tuple[str, str]:
+    """Where the nodes meet and the id of their run: the given HOST:PORT, or, inside SLURM, the
+    first host of the allocation on a port of this job's own (two jobs may share a head node)."""
+    if rendezvous:
+        return rendezvous, f"a2d-{rendezvous.replace(':', '-')}"
+    job = os.environ["SLURM_JOB_ID"]
+    return f"{head_node()}:{29500 + int(job) % 20000}", f"a2d-{job}"
 
 
 def die_with_parent() -> None:
@@ -77,7 +88,7 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run_launcher(argv: list[str], processes: int, nodes: int, threads: int) -> int:
+def run_launcher(argv: list[str], processes: int, nodes: int, threads: int, rendezvous: str = "") -> int:
     """Run the next launcher down, pass it the first stop signal, and return its exit status
     (128 + the signal after a stop, as a process killed by it would report).
 
@@ -86,7 +97,7 @@ def run_launcher(argv: list[str], processes: int, nodes: int, threads: int) -> i
     SIGUSR1 on to its workers and gives them SHUTDOWN_TIMEOUT_S to save. Inside a SLURM job,
     SLURM signals every process of the job itself: this one then only outlives the signal (its
     death would SIGTERM the child) and passes nothing on, so that nobody gets it twice."""
-    command, stage = launch_command(argv, processes, nodes, threads)
+    command, stage = launch_command(argv, processes, nodes, threads, rendezvous)
     print(f"[a2d.launch] {shlex.join(command)}", file=sys.stderr, flush=True)
     child: list[subprocess.Popen] = []
     forwarded: list[int] = []

@@ -192,8 +192,11 @@ def test_launch_commands(monkeypatch):
     assert "--signals-to-handle=SIGTERM,SIGUSR1,SIGINT,SIGHUP,SIGQUIT" in command
     assert "--shutdown-timeout=600" in command
     assert command[-6:] == ["--standalone", "-m", "a2d", "train", "--spec", "{}"]
-    with pytest.raises(RuntimeError, match="SLURM allocation"):
+    with pytest.raises(RuntimeError, match="SLURM allocation.*--rendezvous HOST:PORT"):
         launch.launch_command(["train"], processes=4, nodes=2, threads=32)
+    command, stage = launch.launch_command(["train"], processes=4, nodes=2, threads=32, rendezvous="host0:29400")
+    assert stage == "worker" and "--nnodes=2" in command and "--rdzv-endpoint=host0:29400" in command
+    assert "--rdzv-id=a2d-host0-29400" in command and "srun" not in command
 
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     command, stage = launch.launch_command(["train"], processes=4, nodes=2, threads=32)
@@ -234,3 +237,23 @@ def test_bf16_mixed_precision_follows_fp32(tiny_corpus, tmp_path):
         assert bf16[step] == pytest.approx(fp32[step], rel=2e-2)
     assert bf16 != fp32  # it did run in bf16
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "bf16" / "model.safetensors").values())
+
+
+def test_two_nodes_meet_on_loopback_and_follow_one_process(tiny_corpus, tmp_path):
+    """Multi-node for real: two launcher processes, each a "node" (`--nodes 2 --rendezvous`) running
+    torchrun --nnodes 2 with a c10d rendezvous on 127.0.0.1, as two hosts would; their shared output
+    directory stands for a cluster's shared file system. The trajectory equals one process's."""
+    from a2d.launch import free_port
+
+    system = spec(2, max_steps=6)
+    out = tmp_path / "nodes"
+    command = [*train_command(tiny_corpus, system, out, processes=1), "--nodes", "2",
+               "--rendezvous", f"127.0.0.1:{free_port()}"]
+    nodes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=clean_env()) for _ in range(2)]
+    logs = [node.communicate(timeout=600)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert all("--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:" in log for log in logs)
+    assert "(2 process(es) x 1)" in logs[0] + logs[1]
+    run_train(tiny_corpus, system, tmp_path / "one", processes=1)
+    assert_same_trajectory(losses(tmp_path / "one"), losses(out))
+    assert_close_weights(tmp_path / "one" / "model.safetensors", out / "model.safetensors")
