@@ -4,6 +4,7 @@ and why. Evaluation sets are never filtered: every test line gets a translation.
 
 from __future__ import annotations
 
+import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,15 +34,17 @@ class CleaningReport:
     # evaluation set -> fractions of its source sentences and of its pairs found in the raw training data
     overlap: dict = field(default_factory=dict)
     blank_references: dict = field(default_factory=dict)  # evaluation set -> blank reference lines (if any)
+    held_out: dict = field(default_factory=dict)  # split carved out of the training data -> pairs
 
     @property
     def kept(self) -> int:
         return self.input_pairs - sum(self.removed.values())
 
     def to_dict(self) -> dict:
-        blank = {"blank_references": self.blank_references} if self.blank_references else {}
+        optional = {key: value for key, value in (("blank_references", self.blank_references),
+                                                  ("held_out", self.held_out)) if value}
         return {"input_pairs": self.input_pairs, "kept_pairs": self.kept, "removed": dict(self.removed),
-                "eval_overlap": self.overlap, **blank}
+                "eval_overlap": self.overlap, **optional}
 
 
 def preprocess_lines(lines: list[str], lang: str, pre: Preprocess, pretokenized: bool) -> list[str]:
@@ -65,6 +68,7 @@ def read_datasets(sources: list[str], targets: list[str], spec: dict) -> tuple[l
             src, tgt = read_parallel(src_path, tgt_path)
         except InputError as err:
             raise InputError(f"dataset {name}: {err}") from None
+        src, tgt = src[:spec.get("max_lines")], tgt[:spec.get("max_lines")]  # a smoke run's slice
         src_all += preprocess_lines(src, langs[0], pre, done)
         tgt_all += preprocess_lines(tgt, langs[1], pre, done)
     return src_all, tgt_all
@@ -127,22 +131,57 @@ def clean(src: list[str], tgt: list[str], cfg: Cleaning,
     return kept_src, kept_tgt, report
 
 
+def hold_out(src: list[str], tgt: list[str], sizes: list[tuple[str, int]], seed: int,
+             where: str) -> tuple[list[str], list[str], dict[str, tuple[list[str], list[str]]]]:
+    """Carve evaluation splits out of (cleaned) training pairs: a seeded draw among the pairs whose
+    source occurs once, so no held-out source stays in training; each split keeps corpus order."""
+    counts = Counter(src)
+    candidates = [i for i, s in enumerate(src) if counts[s] == 1]
+    wanted = sum(size for _, size in sizes)
+    if wanted > len(candidates):
+        raise InputError(f"{where}: held_out asks for {wanted} pairs, but only {len(candidates)} of the "
+                         f"{len(src)} cleaned training pairs have a source that occurs once")
+    drawn = random.Random(seed).sample(candidates, wanted)
+    splits, start = {}, 0
+    for name, size in sizes:
+        chosen = sorted(drawn[start:start + size])
+        splits[name] = ([src[i] for i in chosen], [tgt[i] for i in chosen])
+        start += size
+    taken = set(drawn)
+    kept = [i for i in range(len(src)) if i not in taken]
+    return [src[i] for i in kept], [tgt[i] for i in kept], splits
+
+
+def datasets_named(spec: dict, paths: list[str]) -> str:
+    return f"dataset(s) {', '.join(spec['datasets'])} ({', '.join(paths)})"
+
+
 def prepare(spec: dict, sources: list[str], targets: list[str], out_src: str, out_tgt: str,
             report_path: str | None = None, eval_sources: list[str] = (), eval_targets: list[str] = (),
-            eval_names: list[str] = ()) -> None:
-    """One split of an experiment's corpus. `spec` is the split's resolved data config (a rule param)."""
+            eval_names: list[str] = (), held_out_paths: list[tuple[str, str]] = ()) -> None:
+    """One split of an experiment's corpus. `spec` is the split's resolved data config (a rule param).
+    For the training data: cleaned, then the `held_out` splits drawn from it (written to
+    `held_out_paths`, (source, target) per split in the spec's order), then the report."""
     src, tgt = read_datasets(sources, targets, spec)
     if report_path is None:
         check_references(tgt, spec, targets)
-    else:
-        evals = {name: read_parallel(s, t) for name, s, t in zip(eval_names, eval_sources, eval_targets, strict=True)}
-        src, tgt, report = clean(src, tgt, Cleaning(**spec["cleaning"]), evals)
-        if not src:
-            raise InputError(f"dataset(s) {', '.join(spec['datasets'])} ({', '.join(sources)}; {', '.join(targets)}): "
-                             f"cleaning removed all {report.input_pairs} training pairs: {dict(report.removed)}; "
-                             "see data.cleaning")
-        print(f"cleaning kept {report.kept} of {report.input_pairs} pairs; removed {dict(report.removed)}", file=sys.stderr)
+        write_lines(out_src, src)
+        write_lines(out_tgt, tgt)
+        return
+    evals = {name: read_parallel(s, t) for name, s, t in zip(eval_names, eval_sources, eval_targets, strict=True)}
+    src, tgt, report = clean(src, tgt, Cleaning(**spec["cleaning"]), evals)
+    sizes = [tuple(pair) for pair in spec.get("held_out", [])]
+    src, tgt, splits = hold_out(src, tgt, sizes, spec.get("held_out_seed", 1), datasets_named(spec, sources))
+    if sizes:
+        report.removed["held_out"] = sum(size for _, size in sizes)
+        report.held_out = dict(sizes)
+    if not src:
+        raise InputError(f"{datasets_named(spec, sources + targets)}: cleaning removed all {report.input_pairs} "
+                         f"training pairs: {dict(report.removed)}; see data.cleaning")
+    print(f"cleaning kept {report.kept} of {report.input_pairs} pairs; removed {dict(report.removed)}", file=sys.stderr)
+    for (name, _), (path_src, path_tgt) in zip(sizes, held_out_paths, strict=True):
+        write_lines(path_src, splits[name][0])
+        write_lines(path_tgt, splits[name][1])
     write_lines(out_src, src)
     write_lines(out_tgt, tgt)
-    if report_path is not None:
-        write_json(report_path, report.to_dict())
+    write_json(report_path, report.to_dict())

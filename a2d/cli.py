@@ -34,7 +34,7 @@ def cmd_prepare(args):
     from a2d.clean import prepare
 
     prepare(json.loads(args.spec), args.src, args.tgt, args.output_src, args.output_tgt, args.report,
-            args.eval_src, args.eval_tgt, args.eval_names)
+            args.eval_src, args.eval_tgt, args.eval_names, list(zip(args.held_out_src, args.held_out_tgt, strict=True)))
 
 
 def cmd_train_spm(args):
@@ -181,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-src", nargs="*", default=[], help="evaluation sets to check overlap against")
     s.add_argument("--eval-tgt", nargs="*", default=[])
     s.add_argument("--eval-names", nargs="*", default=[])
+    s.add_argument("--held-out-src", nargs="*", default=[], help="where the spec's held_out splits go, in its order")
+    s.add_argument("--held-out-tgt", nargs="*", default=[])
     s.set_defaults(run=cmd_prepare)
 
     s = sub.add_parser("train-spm", help="train a SentencePiece model on one or more text files")

@@ -193,8 +193,8 @@ def check_data(config: dict) -> None:
         location = ".".join(str(p) for p in err.absolute_path)
         raise ConfigError(f"dataset registry (config/datasets.yaml, datasets:): at {location}: {err.message}") from None
     langs = (data["source"], data["target"])
-    for split, names in [("train", data["train"]), ("valid", data["valid"]), *data["test"].items()]:
-        for name in names:
+    for split in ["train", "valid", *data["test"]]:
+        for name in split_datasets(config, split):
             if name not in entries:
                 raise ConfigError(f"data.{split}: unknown dataset {name!r}; the registry "
                                   f"(config/datasets.yaml and datasets:) has {', '.join(sorted(entries))}")
@@ -222,8 +222,24 @@ def test_sets(config: dict) -> list[str]:
 
 
 def split_datasets(config: dict, split: str) -> list[str]:
+    """The registry datasets a split is made of (none for a split held out of the training data)."""
     data = config["data"]
-    return data["test"][split] if split in data["test"] else data[split]
+    value = data["test"][split] if split in data["test"] else data[split]
+    return [] if isinstance(value, dict) else value
+
+
+def held_out(config: dict) -> list[tuple[str, int]]:
+    """Evaluation splits carved out of the training data (`{held_out: N}`): (split, pairs), valid first."""
+    if "data" not in config:
+        return []
+    data, cap = config["data"], config.get("smoke", {}).get("eval_lines")
+    splits = [("valid", data["valid"]), *data["test"].items()]
+    return [(name, min(value["held_out"], cap or value["held_out"])) for name, value in splits if isinstance(value, dict)]
+
+
+def results_name(config: dict) -> str:
+    """The directory under results/ (and logs/): a smoke run never mixes with the real experiment."""
+    return config["experiment"] + ("-smoke" if "smoke" in config else "")
 
 
 def split_spec(config: dict, split: str) -> str:
@@ -235,8 +251,13 @@ def split_spec(config: dict, split: str) -> str:
             "preprocess": asdict(preprocess_config(config))}
     if split == "train":
         spec["cleaning"] = asdict(cleaning_config(config))
+        if held_out(config):  # only when used: the spec of existing experiments stays as it was
+            spec["held_out"] = held_out(config)
+            spec["held_out_seed"] = data.get("held_out_seed", 1)
     elif data.get("allow_blank_references"):  # only when set: the spec of existing experiments stays as it was
         spec["allow_blank_references"] = True
+    if "smoke" in config:
+        spec["max_lines"] = config["smoke"]["lines" if split == "train" else "eval_lines"]
     return json.dumps(spec, sort_keys=True)
 
 
@@ -245,7 +266,7 @@ SEED_SUFFIX = "_seed"  # with several `seeds`, student <name> is trained as <nam
 
 def systems(config: dict) -> list[str]:
     """The teacher first, then the students in config order (each once per seed when `seeds` lists several)."""
-    seeds = config.get("seeds", [])
+    seeds = config.get("seeds", [])[:1 if "smoke" in config else None]
     if len(seeds) > 1:
         return ["teacher", *(f"{name}{SEED_SUFFIX}{seed}" for name in config["students"] for seed in seeds)]
     return ["teacher", *config["students"]]
@@ -266,6 +287,8 @@ def system_spec(config: dict, name: str) -> SystemSpec:
     base = base_name(name)
     entry = config["teacher"] if name == "teacher" else config["students"][base]
     training = {**config.get("training", {}), **entry.get("training", {})}
+    if "smoke" in config:
+        training.update(max_steps=config["smoke"]["max_steps"], max_epochs=1)
     seeds = config.get("seeds", [])
     if name != "teacher" and seeds:  # the teacher is trained once, with training.seed
         suffix = name[len(base):].removeprefix(SEED_SUFFIX)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from a2d.clean import Cleaning, Preprocess, clean, preprocess_lines, prepare
+from a2d.clean import Cleaning, Preprocess, clean, hold_out, preprocess_lines, prepare
 from a2d.files import InputError
 
 
@@ -80,7 +80,7 @@ def test_tabs_are_text(tmp_path):
 
 def test_cleaning_that_removes_everything_is_an_error(tmp_path):
     src, tgt = write(tmp_path / "a.de", b"x\n"), write(tmp_path / "a.en", b"one two three four\n")
-    with pytest.raises(InputError, match=r"^dataset\(s\) a \(.*a\.de; .*a\.en\): cleaning removed all 1 training "
+    with pytest.raises(InputError, match=r"^dataset\(s\) a \(.*a\.de, .*a\.en\): cleaning removed all 1 training "
                                          r"pairs: {'length_ratio': 1}; see data.cleaning"):
         prepare(spec(), [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"), str(tmp_path / "r.json"))
     assert not (tmp_path / "o.de").exists() and not (tmp_path / "r.json").exists()
@@ -101,3 +101,31 @@ def test_blank_references_allowed_are_reported(capsys):
     _, _, report = clean(["s"], ["t"], Cleaning(), {"test": (["a", "b"], ["", "x"])})
     assert report.to_dict()["blank_references"] == {"test": 1}
     assert "WARNING: 1 of 2 references of evaluation set 'test' are blank" in capsys.readouterr().err
+
+
+def test_held_out_splits_are_seeded_disjoint_and_leave_training(tmp_path):
+    src = [f"s{i}" for i in range(40)] + ["dup", "dup"]
+    tgt = [f"t{i}" for i in range(40)] + ["d1", "d2"]
+    train_src, train_tgt, splits = hold_out(src, tgt, [("valid", 5), ("test", 7)], seed=3, where="x")
+    again = hold_out(src, tgt, [("valid", 5), ("test", 7)], seed=3, where="x")
+    assert (train_src, splits) == (again[0], again[2])  # deterministic
+    assert hold_out(src, tgt, [("valid", 5), ("test", 7)], seed=4, where="x")[2] != splits
+    assert [len(splits[n][0]) for n in ("valid", "test")] == [5, 7] and len(train_src) == 42 - 12
+    held = set(splits["valid"][0]) | set(splits["test"][0])
+    assert len(held) == 12 and not held & set(train_src) and "dup" not in held  # disjoint; a repeated source stays
+    assert all(tgt[src.index(s)] == t for s, t in zip(*splits["test"]))  # pairs stay pairs
+    assert splits["valid"][0] == sorted(splits["valid"][0], key=src.index)  # corpus order
+    with pytest.raises(InputError, match="x: held_out asks for 41 pairs, but only 40 of the 42"):
+        hold_out(src, tgt, [("valid", 41)], seed=3, where="x")
+
+
+def test_prepare_writes_held_out_splits_and_reports_them(tmp_path):
+    de = "".join(f"satz {i}\n" for i in range(30)).encode()
+    en = "".join(f"sentence {i}\n" for i in range(30)).encode()
+    src, tgt = write(tmp_path / "a.de", de), write(tmp_path / "a.en", en)
+    paths = [(str(tmp_path / "v.de"), str(tmp_path / "v.en"))]
+    prepare({**spec(), "held_out": [["valid", 4]], "held_out_seed": 1}, [src], [tgt], str(tmp_path / "o.de"),
+            str(tmp_path / "o.en"), str(tmp_path / "r.json"), held_out_paths=paths)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["removed"] == {"held_out": 4} and report["held_out"] == {"valid": 4} and report["kept_pairs"] == 26
+    assert len((tmp_path / "v.de").read_text().splitlines()) == 4 and report["eval_overlap"] == {}

@@ -1,8 +1,8 @@
 import json
 import re
 
-from a2d.config import (baselines, cleaning_config, evaluation_config, search_config, seq_kd_config, split_datasets, split_spec, system_spec, systems,
-                        test_sets, validate_config)
+from a2d.config import (baselines, cleaning_config, evaluation_config, held_out, results_name, search_config, seq_kd_config,
+                        split_datasets, split_spec, system_spec, systems, test_sets, validate_config)
 from a2d.datasets import mirror_dir, registry
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape); errors
@@ -12,10 +12,12 @@ if workflow.config_settings.config:
     CONFIG_SOURCE += " with --config " + " ".join(sorted(workflow.config_settings.config))
 validate_config(config, CONFIG_SOURCE)
 
-RESULTS = f"results/{config['experiment']}"
-LOGS = f"logs/{config['experiment']}"
+RESULTS = f"results/{results_name(config)}"
+LOGS = f"logs/{results_name(config)}"
 SYSTEMS = systems(config)
 TEST_SETS = test_sets(config)
+HELD_OUT = [name for name, _ in held_out(config)]  # evaluation splits carved out of the training data
+FROM_DATASETS = [name for name in ["valid", *TEST_SETS] if name not in HELD_OUT]  # the others
 REAL_DATA = "data" in config  # else the embedded synthetic pair
 if REAL_DATA:
     LANGS = [config["data"]["source"], config["data"]["target"]]
@@ -45,7 +47,7 @@ wildcard_constraints:
     test_set="|".join(TEST_SETS),
     source="|".join(TEST_SETS + SEQ_KD_SHARDS),
     split="|".join(["train", "valid", "train_seq_kd", *TEST_SETS]),
-    eval_split="|".join(["valid", *TEST_SETS]),
+    eval_split="|".join(FROM_DATASETS) or "(?!)",
     spm_name="joint|src|tgt",
 
 

@@ -58,19 +58,22 @@ if REAL_DATA:
             " --output-src {output.src:q} --output-tgt {output.tgt:q} 2> {log:q}"
 
     rule prepare_train:
-        """The training corpus: preprocessed, then cleaned against the evaluation sets (report beside it)."""
+        """The training corpus: preprocessed, cleaned against the evaluation sets (report beside it), and
+        the `held_out` evaluation splits drawn from it."""
         input:
             src=raw_files("train", LANGS[0]),
             tgt=raw_files("train", LANGS[1]),
-            eval_src=expand(f"{RESULTS}/corpus/{{split}}.src", split=["valid", *TEST_SETS]),
-            eval_tgt=expand(f"{RESULTS}/corpus/{{split}}.tgt", split=["valid", *TEST_SETS]),
+            eval_src=expand(f"{RESULTS}/corpus/{{split}}.src", split=FROM_DATASETS),
+            eval_tgt=expand(f"{RESULTS}/corpus/{{split}}.tgt", split=FROM_DATASETS),
         output:
             src=f"{RESULTS}/corpus/train.src",
             tgt=f"{RESULTS}/corpus/train.tgt",
             report=f"{RESULTS}/corpus/train.cleaning.json",
+            held_out_src=expand(f"{RESULTS}/corpus/{{split}}.src", split=HELD_OUT),
+            held_out_tgt=expand(f"{RESULTS}/corpus/{{split}}.tgt", split=HELD_OUT),
         params:
             spec=lambda wildcards: split_spec(config, "train"),  # a callable: braces in it are not wildcards
-            eval_names=["valid", *TEST_SETS],
+            eval_names=FROM_DATASETS,
         log:
             f"{LOGS}/prepare/train.log",
         benchmark:
@@ -78,7 +81,8 @@ if REAL_DATA:
         shell:
             "python -m a2d prepare --spec {params.spec:q} --src {input.src:q} --tgt {input.tgt:q}"
             " --eval-src {input.eval_src:q} --eval-tgt {input.eval_tgt:q} --eval-names {params.eval_names:q}"
-            " --output-src {output.src:q} --output-tgt {output.tgt:q} --report {output.report:q} 2> {log:q}"
+            " --output-src {output.src:q} --output-tgt {output.tgt:q} --report {output.report:q}"
+            " --held-out-src {output.held_out_src:q} --held-out-tgt {output.held_out_tgt:q} 2> {log:q}"
 
 
 rule train_sentencepiece:
