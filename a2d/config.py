@@ -287,8 +287,8 @@ def system_spec(config: dict, name: str) -> SystemSpec:
     base = base_name(name)
     entry = config["teacher"] if name == "teacher" else config["students"][base]
     training = {**config.get("training", {}), **entry.get("training", {})}
-    if "smoke" in config:
-        training.update(max_steps=config["smoke"]["max_steps"], max_epochs=1)
+    if "smoke" in config:  # an epoch may be a single batch of the slice: epochs up to the step cap
+        training.update(max_steps=config["smoke"]["max_steps"], max_epochs=config["smoke"]["max_steps"])
     seeds = config.get("seeds", [])
     if name != "teacher" and seeds:  # the teacher is trained once, with training.seed
         suffix = name[len(base):].removeprefix(SEED_SUFFIX)

@@ -52,7 +52,7 @@ def sha256(data: bytes) -> str:
 
 def normalise(raw: bytes) -> bytes:
     """The text of a file from any origin: gunzipped when it is gzip data, without a UTF-8 BOM, with
-    LF line ends and a final newline (how ../shared/data-style mirrors store it)."""
+    LF line ends and a final newline (how a mirror stores it)."""
     if raw.startswith(GZIP_MAGIC):
         raw = gzip.decompress(raw)
     text = raw.removeprefix(BOM).replace(b"\r\n", b"\n")

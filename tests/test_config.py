@@ -1,12 +1,14 @@
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from a2d.config import ConfigError, SystemSpec, load_config, system_spec, validate_config
+from a2d.config import (ConfigError, SystemSpec, held_out, load_config, results_name, split_datasets, split_spec,
+                        system_spec, systems, validate_config)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted(p for p in ROOT.glob("config/**/*.yaml") if p.name != "datasets.yaml") + sorted(ROOT.glob("tests/configs/*.yaml"))
+CONFIGS = sorted(p for p in ROOT.glob("config/**/*.yaml") if p.name not in ("datasets.yaml", "smoke.yaml")) + sorted(ROOT.glob("tests/configs/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -113,3 +115,35 @@ def test_seeds_train_every_student_once_per_seed_and_the_teacher_once():
     assert baselines(config) == ["student_nokd", "student_word_kd"]
     config["seeds"] = [5]  # one seed: names unchanged, that seed used
     assert systems(config)[1] == "student_nokd" and system_spec(config, "student_nokd").training.seed == 5
+
+
+def tiny_real_config() -> dict:
+    return yaml.safe_load((ROOT / "tests" / "configs" / "tiny_real.yaml").read_text())
+
+
+def test_held_out_splits_and_their_spec():
+    config = tiny_real_config()
+    config["data"].update(valid={"held_out": 50}, test={"mine": {"held_out": 30}, "europarl_test": ["wmt14/europarl_v7_smoke_test"]})
+    validate_config(config)
+    assert held_out(config) == [("valid", 50), ("mine", 30)]
+    assert split_datasets(config, "valid") == [] and split_datasets(config, "europarl_test") == ["wmt14/europarl_v7_smoke_test"]
+    spec = json.loads(split_spec(config, "train"))
+    assert spec["held_out"] == [["valid", 50], ["mine", 30]] and spec["held_out_seed"] == 1
+    assert "held_out" not in json.loads(split_spec(tiny_real_config(), "train"))  # existing experiments keep their spec
+    config["data"]["valid"] = {"held_out": 0}
+    with pytest.raises(ConfigError, match="at data.valid"):
+        validate_config(config)
+
+
+def test_a_smoke_run_caps_steps_data_and_seeds_and_has_its_own_results():
+    config = {**tiny_real_config(), **yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())}
+    validate_config(config)
+    smoke = config["smoke"]
+    assert results_name(config) == "tiny_real-smoke" and results_name(tiny_real_config()) == "tiny_real"
+    assert systems(config) == ["teacher", "student_nokd", "student_word_kd", "student_a2d"]  # first seed only
+    training = system_spec(config, "student_a2d").training
+    assert (training.max_steps, training.max_epochs, training.seed) == (smoke["max_steps"], smoke["max_steps"], 1)
+    assert json.loads(split_spec(config, "train"))["max_lines"] == smoke["lines"]
+    assert json.loads(split_spec(config, "europarl_test"))["max_lines"] == smoke["eval_lines"]
+    config["data"]["valid"] = {"held_out": 1000}
+    assert held_out(config) == [("valid", smoke["eval_lines"])]

@@ -23,9 +23,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
              "--profile", str(ROOT / "workflow" / "profiles" / "local"), "--cores", "2"]
 
 
-def snakemake(workdir: Path, config: Path, *extra: str) -> str:
-    # targets before --configfile, which would take them for more config files
-    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile", str(config)],
+def snakemake(workdir: Path, config: Path | list[Path], *extra: str) -> str:
+    # targets before --configfile, which would take them for more config files; later files are merged in
+    configs = [str(path) for path in (config if isinstance(config, list) else [config])]
+    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile", *configs],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
@@ -245,7 +246,7 @@ def readme_block(after: str, language: str) -> str:
 def test_the_readme_own_corpus_example_runs_as_written(tmp_path, monkeypatch):
     """The README's own-corpus block, verbatim, replacing the data of a tiny experiment config: a
     user's files (here Multi30k's training text, standing in for theirs), validation and test sets
-    held out of them, and a registry test set (from the mirror); capped with --config as users can."""
+    held out of them, and a registry test set (from the mirror); capped by a second config file."""
     monkeypatch.setenv("A2D_MIRROR", str(MIRROR))
     block = yaml.safe_load(readme_block("**Your own corpus**", "yaml"))
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny_real.yaml").read_text())
@@ -256,7 +257,8 @@ def test_the_readme_own_corpus_example_runs_as_written(tmp_path, monkeypatch):
         shutil.copy(MIRROR / "multi30k" / f"train.{lang}", tmp_path / "corpus" / f"mine.{lang}")
     command = readme_block("own corpus", "bash").split()
     assert command[:4] == ["snakemake", "--profile", "workflow/profiles/local", "--configfile"]
-    snakemake(tmp_path, tmp_path / command[4], "--config", "training={max_steps: 20}", "seeds=[1]")
+    (tmp_path / "cap.yaml").write_text(yaml.safe_dump({"training": {"max_steps": 20}, "seeds": [1]}))
+    snakemake(tmp_path, [tmp_path / command[4], tmp_path / "cap.yaml"])
 
     results = tmp_path / "results" / "mine"
     report = json.loads((results / "corpus" / "train.cleaning.json").read_text())
@@ -293,10 +295,7 @@ def test_paper_scale_experiment_smoke_run(tmp_path, monkeypatch, experiment):
     substitute = tmp_path / "substitute.yaml"
     substitute.write_text(yaml.safe_dump(SMOKE_SUBSTITUTES[experiment]))
     started = time.monotonic()
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(paper),
-                             str(ROOT / "config" / "smoke.yaml"), str(substitute)], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    jobs = planned_jobs(result.stdout + result.stderr)
+    jobs = planned_jobs(snakemake(tmp_path, [paper, ROOT / "config" / "smoke.yaml", substitute]))
     print(f"{experiment} smoke run: {sum(jobs.values())} jobs in {time.monotonic() - started:.0f} s: {jobs}")
 
     results = tmp_path / "results" / f"{experiment}-smoke"

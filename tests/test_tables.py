@@ -71,7 +71,11 @@ def test_an_evaluation_set_inside_the_training_data_is_flagged_under_the_table(t
     write_tables(metrics, summaries, str(tmp_path / "tables"), cleaning_path=str(tmp_path / "cleaning.json"))
     notes = (tmp_path / "tables" / "results.md").read_text()
     assert "- WARNING: 96.5% of the source sentences of valid were in the raw training data (585" in notes
-    assert "of test were" not in notes
+    assert "of test were" not in notes and "blank" not in notes
+    write_json(tmp_path / "cleaning.json", {"removed": {}, "eval_overlap": {}, "blank_references": {"test": 3}})
+    write_tables(metrics, summaries, str(tmp_path / "tables"), cleaning_path=str(tmp_path / "cleaning.json"))
+    notes = (tmp_path / "tables" / "results.md").read_text()
+    assert "- WARNING: 3 references of test are blank (data.allow_blank_references)" in notes
 
 
 def test_significance_pairs_runs_of_the_same_seed(tmp_path):
