@@ -18,10 +18,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from a2d.files import InputError, atomic_path, read_json, write_json
+from a2d.files import InputError, atomic_path, read_json, read_safetensors, write_json
 from a2d.model import ModelConfig, Transformer
 
 
@@ -33,28 +32,28 @@ def save_model(path: str | Path, model: Transformer) -> None:
 
 
 def load_model(path: str | Path) -> Transformer:
-    """Rebuild a model from a file written by `save_model`; every key and shape must match. A
-    truncated or foreign file is an error naming it."""
+    """Rebuild a model from a file written by `save_model`; every key and shape must match, and any
+    mismatch is an error naming the file."""
+    state, metadata = read_safetensors(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
-    except SafetensorError as err:
-        raise InputError(f"{path}: not a readable safetensors file ({err}); a truncated copy? "
-                         "Delete it and re-run the step that writes it") from None
-    if "model_config" not in metadata:
-        raise InputError(f"{path}: not an a2d model (no model_config in its metadata)")
-    model = Transformer(ModelConfig(**json.loads(metadata["model_config"])))
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
-        [f"unexpected {', '.join(unexpected)}"] if unexpected else []) + [
-        f"{name} is {tuple(state[name].shape)}, the model needs {tuple(t.shape)}"
-        for name, t in expected.items() if name in state and state[name].shape != t.shape]
-    if problems:
+        model = Transformer(ModelConfig(**json.loads(metadata["model_config"])))
+    except KeyError:
+        raise InputError(f"{path}: not an a2d model (no model_config in its metadata)") from None
+    except (ValueError, TypeError) as err:  # bad JSON, unknown or bad shape fields
+        raise InputError(f"{path}: its model_config does not describe an a2d model ({err})") from None
+    if problems := mismatches(model.state_dict(), state):
         raise InputError(f"{path}: its tensors do not fit the model its metadata describes: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def mismatches(expected: dict, state: dict) -> list[str]:
+    """What keeps `state` from loading strictly where `expected` (a state dict) is wanted."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{name} is {tuple(state[name].shape)}, the model needs {tuple(t.shape)}"
+              for name, t in expected.items() if name in state and state[name].shape != t.shape]
+    return ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"unexpected {', '.join(unexpected)}"] if unexpected else []) + shapes
 
 
 def load_strictly() -> None:

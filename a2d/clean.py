@@ -58,9 +58,11 @@ def preprocess_lines(lines: list[str], lang: str, pre: Preprocess, pretokenized:
     return lines
 
 
-def read_datasets(sources: list[str], targets: list[str], spec: dict) -> tuple[list[str], list[str]]:
+def read_datasets(sources: list[str], targets: list[str], spec: dict,
+                  evaluation: bool = False) -> tuple[list[str], list[str]]:
     """Concatenate the split's datasets, each checked to align line by line (errors name the
-    registry dataset beside its fetched copy), then preprocess."""
+    registry dataset beside its fetched copy) and, for an evaluation set, to have every reference;
+    then preprocess."""
     pre, langs = Preprocess(**spec["preprocess"]), spec["languages"]
     src_all, tgt_all = [], []
     for name, src_path, tgt_path, done in zip(spec["datasets"], sources, targets, spec["pretokenized"], strict=True):
@@ -69,20 +71,19 @@ def read_datasets(sources: list[str], targets: list[str], spec: dict) -> tuple[l
         except InputError as err:
             raise InputError(f"dataset {name}: {err}") from None
         src, tgt = src[:spec.get("max_lines")], tgt[:spec.get("max_lines")]  # a smoke run's slice
+        if evaluation and not spec.get("allow_blank_references"):
+            check_references(tgt, f"dataset {name} ({tgt_path})")
         src_all += preprocess_lines(src, langs[0], pre, done)
         tgt_all += preprocess_lines(tgt, langs[1], pre, done)
     return src_all, tgt_all
 
 
-def check_references(references: list[str], spec: dict, targets: list[str]) -> None:
-    """An evaluation set needs a reference on every line: a blank one scores any output as wrong."""
-    blank = [number for number, line in enumerate(references, start=1) if not line]
-    if not blank or spec.get("allow_blank_references"):
-        return
-    lines = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
-    raise InputError(f"dataset(s) {', '.join(spec['datasets'])} ({', '.join(targets)}): {len(blank)} of "
-                     f"{len(references)} references are blank (line {lines} of the concatenated set); fix the "
-                     "data, or set data.allow_blank_references: true to score it anyway (warned under the table)")
+def check_references(references: list[str], where: str) -> None:
+    """An evaluation set needs a reference on every line: a blank one makes any output wrong there."""
+    if blank := [number for number, line in enumerate(references, start=1) if not line]:
+        lines = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
+        raise InputError(f"{where}: {len(blank)} of {len(references)} references are blank (line {lines}); fix the "
+                         "data, or set data.allow_blank_references: true to score it anyway (warned under the table)")
 
 
 def removal_reason(src: str, tgt: str, cfg: Cleaning) -> str | None:
@@ -105,7 +106,8 @@ def clean(src: list[str], tgt: list[str], cfg: Cleaning,
         sources = sum(s in train_sources for s in eval_src)
         if blank := sum(not t for t in eval_tgt):
             report.blank_references[name] = blank
-            print(f"WARNING: {blank} of {len(eval_tgt)} references of evaluation set {name!r} are blank", file=sys.stderr)
+            print(f"WARNING: {blank} of {len(eval_tgt)} references of evaluation set {name!r} are blank",
+                  file=sys.stderr)
         pairs = sum(pair in train_pairs for pair in zip(eval_src, eval_tgt))
         report.overlap[name] = {"sources": round(sources / len(eval_src), 4), "pairs": round(pairs / len(eval_src), 4)}
         if report.overlap[name]["sources"] > cfg.overlap_warning:
@@ -135,6 +137,8 @@ def hold_out(src: list[str], tgt: list[str], sizes: list[tuple[str, int]], seed:
              where: str) -> tuple[list[str], list[str], dict[str, tuple[list[str], list[str]]]]:
     """Carve evaluation splits out of (cleaned) training pairs: a seeded draw among the pairs whose
     source occurs once, so no held-out source stays in training; each split keeps corpus order."""
+    if not sizes:
+        return src, tgt, {}
     counts = Counter(src)
     candidates = [i for i, s in enumerate(src) if counts[s] == 1]
     wanted = sum(size for _, size in sizes)
@@ -162,9 +166,8 @@ def prepare(spec: dict, sources: list[str], targets: list[str], out_src: str, ou
     """One split of an experiment's corpus. `spec` is the split's resolved data config (a rule param).
     For the training data: cleaned, then the `held_out` splits drawn from it (written to
     `held_out_paths`, (source, target) per split in the spec's order), then the report."""
-    src, tgt = read_datasets(sources, targets, spec)
+    src, tgt = read_datasets(sources, targets, spec, evaluation=report_path is None)
     if report_path is None:
-        check_references(tgt, spec, targets)
         write_lines(out_src, src)
         write_lines(out_tgt, tgt)
         return

@@ -144,6 +144,12 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
+def config_source(configfiles: list, overrides: dict) -> str:
+    """How errors name an experiment given to Snakemake: its config file(s), and any --config keys."""
+    where = ", ".join(map(str, configfiles)) or "config"
+    return f"{where} with --config {' '.join(sorted(overrides))}" if overrides else where
+
+
 def validate_config(config: dict, where: str = "config") -> None:
     """Schema check, then build every system spec so that bad values fail now. Errors name `where`
     (the config file) and the key path."""
@@ -234,7 +240,8 @@ def held_out(config: dict) -> list[tuple[str, int]]:
         return []
     data, cap = config["data"], config.get("smoke", {}).get("eval_lines")
     splits = [("valid", data["valid"]), *data["test"].items()]
-    return [(name, min(value["held_out"], cap or value["held_out"])) for name, value in splits if isinstance(value, dict)]
+    return [(name, min(value["held_out"], cap or value["held_out"]))
+            for name, value in splits if isinstance(value, dict)]
 
 
 def results_name(config: dict) -> str:

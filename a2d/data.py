@@ -11,9 +11,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 from torch import Tensor
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from a2d.files import InputError, atomic_path, read_lines, read_parallel
+from a2d.files import InputError, atomic_path, read_lines, read_parallel, read_safetensors
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -81,7 +81,7 @@ class ParallelData:
     """An encoded corpus in memory: pairs of 1-D int64 tensors (each ending in EOS)."""
 
     def __init__(self, path: str, max_positions: int | None = None):
-        t = load_file(str(path))
+        t, _ = read_safetensors(path)
         split = lambda tokens, offsets: list(torch.split(tokens.long(), offsets.diff().tolist()))  # noqa: E731
         self.src = split(t["src_tokens"], t["src_offsets"])
         self.tgt = split(t["tgt_tokens"], t["tgt_offsets"])

@@ -30,7 +30,7 @@ BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 DOWNLOAD_ATTEMPTS = 3
 RETRY_DELAY_S = 2.0  # doubled after each failed attempt
-TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}  # worth another try; any other HTTP error is final
+TRANSIENT_HTTP = (408, 429)  # worth another try, as is any 5xx; any other HTTP error is final
 CHUNK = 1 << 20
 
 
@@ -98,18 +98,22 @@ def _download_once(url: str, dest: Path) -> str:
 
 
 def download(url: str, dest: Path) -> str:
-    """`_download_once`, retried with back-off on transient failures (connection errors, truncated
-    bodies, 5xx); a 404 and other client errors fail at once. Errors name the URL."""
+    """`_download_once`, retried with back-off on transient failures (network errors, truncated
+    bodies, 5xx); a 404 and other client errors fail at once, as do local ones. Errors name the URL."""
     delay = RETRY_DELAY_S
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
             return _download_once(url, dest)
         except urllib.error.HTTPError as err:
             problem = f"HTTP {err.code} {err.reason}"
-            if err.code not in TRANSIENT_HTTP:
+            if err.code < 500 and err.code not in TRANSIENT_HTTP:
                 raise InputError(f"{url}: {problem}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            problem = str(getattr(err, "reason", None) or err) or type(err).__name__
+        except urllib.error.URLError as err:  # no connection (DNS, refused, timeout), or a missing file:// path
+            problem = str(err.reason)
+            if isinstance(err.reason, FileNotFoundError):
+                raise InputError(f"{url}: {problem}") from None
+        except (http.client.HTTPException, ConnectionError, TimeoutError, _Truncated) as err:
+            problem = str(err) or type(err).__name__
         if attempt < DOWNLOAD_ATTEMPTS:
             print(f"{url}: {problem}; trying again in {delay:g} s (attempt {attempt} of {DOWNLOAD_ATTEMPTS})",
                   file=sys.stderr, flush=True)
@@ -149,8 +153,6 @@ def _origin(name: str, lang: str, side: dict, mirror: str | None) -> tuple[str, 
     if "sacrebleu" in side:
         return "sacrebleu", f"sacrebleu -t {side['sacrebleu']['test_set']} -l {side['sacrebleu']['langpair']}"
     if "url" in side:
-        if mirror and "mirror" in side:
-            print(f"{side['mirror']} is not in mirror {mirror}: downloading {side['url']}", file=sys.stderr)
         return "url", side["url"]
     if mirror and "mirror" in side:
         raise InputError(f"dataset {name} ({lang}): {side['mirror']} is not in mirror {mirror}, "
@@ -164,6 +166,8 @@ def fetch_side(name: str, lang: str, side: dict, output: str, mirror: str | None
     """Write one language side (`side`: its registry entry) of dataset `name` to `output`, normalised
     and checked; returns where it came from. Nothing is written unless every check passes."""
     kind, origin = _origin(name, lang, side, mirror)
+    if kind == "url" and mirror and "mirror" in side:
+        print(f"{side['mirror']} is not in mirror {mirror}: downloading {origin}", file=sys.stderr)
     with atomic_path(output) as tmp:
         if kind == "url":
             data = _fetch_url(name, lang, side, tmp)

@@ -25,7 +25,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a shared cluster
+    os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide results from the rest of a shared cluster
     os.close(fd)
     try:
         yield Path(tmp)
@@ -35,8 +35,11 @@ def atomic_path(path: str | os.PathLike):
             os.remove(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def umask() -> int:
+    """This process's umask, read without setting it (setting it races with other threads' files)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: the classic way, briefly setting it
     os.umask(mask)
     return mask
 
@@ -100,6 +103,18 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     if not lines:
         raise InputError(f"{path}: file is empty")
     return lines
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """The tensors and metadata of a safetensors file; a truncated or foreign file is an error naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+    except SafetensorError as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err}); a truncated copy? "
+                         "Delete it and re-run the step that writes it") from None
 
 
 def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> tuple[list[str], list[str]]:

@@ -3,9 +3,10 @@
 `python -m a2d train --processes P --nodes N` starts the world itself: with P = N = 1 it trains
 in-process; otherwise it supervises `torchrun --nproc-per-node P` (one node), or, inside a SLURM
 allocation, `srun --nodes N` to start itself on every node, where each runs `torchrun --nnodes N`;
-the workers run `python -m a2d train` again. Without SLURM, the same command started on every node
-with `--rendezvous HOST:PORT` (the first node's address) runs `torchrun --nnodes N` there directly. DeepSpeed's own launcher is not used: it needs pdsh
-and host files, where torchrun and srun are what clusters have.
+the workers run `python -m a2d train` again. Without SLURM, the same command started on every
+node with `--rendezvous HOST:PORT` (the first node's address) runs `torchrun --nnodes N` there.
+DeepSpeed's own launcher is not used: it needs pdsh and host files, where torchrun and srun are
+what clusters have.
 """
 
 from __future__ import annotations

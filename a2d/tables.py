@@ -129,8 +129,8 @@ def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: in
                          f"raw training data ({cleaning['removed'].get('in_eval_set', 0)} training pairs removed "
                          "as in an evaluation set)")
     for name, blank in (cleaning or {}).get("blank_references", {}).items():
-        lines.append(f"WARNING: {blank} references of {name} are blank (data.allow_blank_references): every "
-                     "system scores zero on those lines")
+        lines.append(f"WARNING: {blank} references of {name} are blank (data.allow_blank_references): what any "
+                     "system outputs there counts against its precision")
     return lines + [f"sacrebleu {kind}: {sig}" for kind in ("bleu", "chrf")
                     for sig in sorted(set(runs[f"{kind}_signature"]))]
 

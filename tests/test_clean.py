@@ -89,8 +89,8 @@ def test_cleaning_that_removes_everything_is_an_error(tmp_path):
 def test_an_evaluation_set_with_blank_references_is_an_error(tmp_path):
     src, tgt = write(tmp_path / "a.de", b"eins\nzwei\ndrei\n"), write(tmp_path / "a.en", b"one\n \nthree\n")
     eval_spec = {key: value for key, value in spec().items() if key != "cleaning"}
-    with pytest.raises(InputError, match=r"^dataset\(s\) a \(.*a\.en\): 1 of 3 references are blank \(line 2 of "
-                                         r"the concatenated set\).*data.allow_blank_references: true"):
+    with pytest.raises(InputError, match=r"^dataset a \(.*a\.en\): 1 of 3 references are blank \(line 2\); "
+                                         r"fix the data, or set data.allow_blank_references: true"):
         prepare(eval_spec, [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"))
     assert not (tmp_path / "o.de").exists()
     prepare({**eval_spec, "allow_blank_references": True}, [src], [tgt], str(tmp_path / "o.de"), str(tmp_path / "o.en"))

@@ -123,10 +123,11 @@ def tiny_real_config() -> dict:
 
 def test_held_out_splits_and_their_spec():
     config = tiny_real_config()
-    config["data"].update(valid={"held_out": 50}, test={"mine": {"held_out": 30}, "europarl_test": ["wmt14/europarl_v7_smoke_test"]})
+    europarl = ["wmt14/europarl_v7_smoke_test"]
+    config["data"].update(valid={"held_out": 50}, test={"mine": {"held_out": 30}, "europarl_test": europarl})
     validate_config(config)
     assert held_out(config) == [("valid", 50), ("mine", 30)]
-    assert split_datasets(config, "valid") == [] and split_datasets(config, "europarl_test") == ["wmt14/europarl_v7_smoke_test"]
+    assert split_datasets(config, "valid") == [] and split_datasets(config, "europarl_test") == europarl
     spec = json.loads(split_spec(config, "train"))
     assert spec["held_out"] == [["valid", 50], ["mine", 30]] and spec["held_out_seed"] == 1
     assert "held_out" not in json.loads(split_spec(tiny_real_config(), "train"))  # existing experiments keep their spec

@@ -117,6 +117,7 @@ def test_every_origin_is_normalised_to_the_checksummed_text(tmp_path):
 
 def test_control_characters_in_a_users_file_name_it_and_the_line(tmp_path):
     (tmp_path / "mine.de").write_bytes(b"ok\nnot\x00ok\n")
-    with pytest.raises(InputError, match=rf"^{tmp_path}/mine.de \(dataset mine/train, de\):2: control character U\+0000"):
+    where = rf"^{tmp_path}/mine.de \(dataset mine/train, de\):2"
+    with pytest.raises(InputError, match=rf"{where}: control character U\+0000"):
         fetch_side("mine/train", "de", {"path": str(tmp_path / "mine.de")}, str(tmp_path / "o"), None)
     assert not (tmp_path / "o").exists()

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from a2d.files import umask
+
 ROOT = Path(__file__).resolve().parent.parent
 DE = "Guten Tag .\r\nWie geht es ?\r\nDanke , gut .".encode()  # CRLF and no final newline, as WMT22 serves
 EN = b"\xef\xbb\xbfGood day .\nHow are you ?\nFine , thanks .\n"  # with a BOM
@@ -127,14 +129,8 @@ def test_downloads_through_the_fetch_rule(tmp_path, server):
             output = tmp_path / raw(name, lang)
             # normalised (BOM, CRLF, final newline) to the bytes the declared sha256 is of
             assert output.read_bytes() == TEXT[lang], (name, lang)
-            assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~current_umask()
+            assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~umask()
     assert server.requests["/plain.de"] == 2 and "trying again in" in log(tmp_path, "web/plain", "de")
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @pytest.mark.e2e

@@ -108,10 +108,11 @@ def test_config_errors_name_the_config_file_and_key(tmp_path):
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     config["students"]["student_nokd"]["model"]["heads"] = 3
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([*SNAKEMAKE, "--dry-run", "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([*SNAKEMAKE, "--dry-run", "--directory", str(tmp_path), "--configfile",
+                             str(tmp_path / "bad.yaml")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0
-    assert f"{tmp_path / 'bad.yaml'}: students.student_nokd.model: d_model 16 is not divisible by heads 3" in result.stdout
+    message = "students.student_nokd.model: d_model 16 is not divisible by heads 3"
+    assert f"{tmp_path / 'bad.yaml'}: {message}" in result.stdout
 
 
 MIRROR = ROOT.parent / "shared" / "data"
@@ -256,7 +257,7 @@ def test_the_readme_own_corpus_example_runs_as_written(tmp_path, monkeypatch):
     for lang in ("de", "en"):
         shutil.copy(MIRROR / "multi30k" / f"train.{lang}", tmp_path / "corpus" / f"mine.{lang}")
     command = readme_block("own corpus", "bash").split()
-    assert command[:4] == ["snakemake", "--profile", "workflow/profiles/local", "--configfile"]
+    assert command == ["snakemake", "--profile", "workflow/profiles/local", "--configfile", "my.yaml"]  # as run here
     (tmp_path / "cap.yaml").write_text(yaml.safe_dump({"training": {"max_steps": 20}, "seeds": [1]}))
     snakemake(tmp_path, [tmp_path / command[4], tmp_path / "cap.yaml"])
 

@@ -1,16 +1,13 @@
 import json
 import re
 
-from a2d.config import (baselines, cleaning_config, evaluation_config, held_out, results_name, search_config, seq_kd_config,
+from a2d.config import (baselines, cleaning_config, config_source, evaluation_config, held_out, results_name, search_config, seq_kd_config,
                         split_datasets, split_spec, system_spec, systems, test_sets, validate_config)
 from a2d.datasets import mirror_dir, registry
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape); errors
 # name the config file(s) and the key.
-CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
-if workflow.config_settings.config:
-    CONFIG_SOURCE += " with --config " + " ".join(sorted(workflow.config_settings.config))
-validate_config(config, CONFIG_SOURCE)
+validate_config(config, config_source(workflow.configfiles, workflow.config_settings.config))
 
 RESULTS = f"results/{results_name(config)}"
 LOGS = f"logs/{results_name(config)}"
