@@ -150,22 +150,54 @@ def check_world(processes: int, nodes: int, devices: int) -> None:
             raise RuntimeError(f"{processes} processes per node for {devices} GPU(s): use one process per GPU")
 
 
-def setup_distributed():
-    """Join the process group: the launcher's when launched, else a world of one.
+class World:
+    """The data-parallel world of one training job, joined once: which process this is, and the
+    collectives, which every process must call at the same point.
 
-    CUDA with NCCL where there is a GPU, DeepSpeed's CPU accelerator with gloo where there is not.
-    """
-    on_gpu = torch.cuda.is_available()
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
-    if "RANK" not in os.environ:  # a free port, so that two trainings can run side by side
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
-    import deepspeed
+    CUDA with NCCL where there is a GPU, DeepSpeed's CPU accelerator with gloo where there is not;
+    a process started without a launcher is a world of one."""
 
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    return deepspeed
+    def __init__(self):
+        on_gpu = torch.cuda.is_available()
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
+        if "RANK" not in os.environ:  # a free port, so that two trainings can run side by side
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(free_port()))
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+        if on_gpu:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        self.rank, self.size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if on_gpu else torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files and logs."""
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """`values` summed over all processes (in float64)."""
+        import torch.distributed as dist
+
+        if self.size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast(self, value):
+        """Rank 0's `value`, on every process."""
+        import torch.distributed as dist
+
+        shared = [value]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 class StopRequest:

@@ -1,8 +1,9 @@
 """Training recipe: teacher training and distillation on a DeepSpeed engine.
 
-Steps: set up (distributed world, data, models, engine), resume from the latest checkpoint, train
-epoch by epoch with validation BLEU after each, keep the best weights, export them. This is the
-only module that imports DeepSpeed; model, losses, data and search are plain PyTorch.
+`Trainer` is the recipe, in named steps: set up (distributed world, data, models), resume (the
+engine, from the latest checkpoint), train an epoch (update by update), end the epoch (validation
+BLEU, the best weights, a checkpoint), finish (export the best weights and the summary). This is
+the only module that drives DeepSpeed; model, losses, data and search are plain PyTorch.
 
 The checkpoint directory is not a Snakemake output (Snakemake would delete it before a re-run): a
 restarted job finds its checkpoints there and continues. Each run keeps them in a subdirectory named
@@ -12,7 +13,6 @@ by a digest of its spec and inputs, so a changed config never resumes a differen
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import random
@@ -21,20 +21,19 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from a2d.checkpoint import (commit_checkpoint, load_model, load_strictly, new_tag, newest_intact,
-                            prune_checkpoints, save_model, to_universal)
+from a2d.checkpoint import load_model, load_strictly, save_model
 from a2d.config import SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
 from a2d.distill import DistillationModule, teacher_forward
 from a2d.evaluate import corpus_bleu
 from a2d.files import atomic_path, read_lines, write_json
-from a2d.launch import StopRequest, Stopped, check_world, setup_distributed
+from a2d.launch import StopRequest, Stopped, World, check_world
 from a2d.model import Transformer, count_parameters
+from a2d.run import Progress, RunDirectory
 from a2d.search import SearchConfig, translate
 
 
@@ -84,39 +83,6 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=7).digest(), "little")
 
 
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint as DeepSpeed client state."""
-
-    epoch: int = 1  # 1-based, the epoch being trained
-    batches_done: int = 0  # batches of `epoch` already trained, by all processes together
-    step: int = 0
-    best_bleu: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list = field(default_factory=list)  # one dict per epoch
-    best_alignment: dict = field(default_factory=dict)  # AAM mixing weights at the best epoch
-
-
-# Settings that say when to stop or how to keep checkpoints but do not change the training
-# trajectory: changing them continues a run rather than starting anew.
-NON_TRAJECTORY_FIELDS = ("max_epochs", "max_steps", "patience", "save_every_steps", "keep_checkpoints")
-
-
-def run_digest(spec: SystemSpec, inputs: list[str], batches_per_update: int) -> str:
-    """Names a run by everything that shapes its trajectory: spec (less stopping criteria), the
-    batches per update it resolves to (with the default 0, the number of processes), and inputs."""
-    identity = json.loads(spec.to_json())
-    for name in NON_TRAJECTORY_FIELDS:
-        identity["training"].pop(name, None)
-    identity["training"]["batches_per_update"] = batches_per_update
-    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-    for path in inputs:
-        with open(path, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()[:12]
-
-
 def alignment_weights(module: DistillationModule) -> dict:
     """The AAM's (teacher channels x student channels) mixing weights per attention type, with the
     heads per channel group, for figures; empty without an AAM."""
@@ -155,15 +121,248 @@ def validate(model: Transformer, data: ParallelData, references: list[str], sp, 
     return corpus_bleu([sp.decode(h) for h in hyps], references)
 
 
-def reduce_sum(values: list[float], device) -> list[float]:
-    """Sums over all processes (every process must call it at the same point)."""
-    import torch.distributed as dist
+@dataclass
+class TrainingFiles:
+    """What one training job reads and writes."""
 
-    if dist.get_world_size() == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+    train: str  # encoded corpora
+    valid: str
+    valid_ref: str  # validation references, plain text
+    src_spm: str
+    tgt_spm: str
+    checkpoint_dir: str
+    output: str  # best weights
+    summary: str
+    teacher: str | None = None
+
+
+@dataclass
+class EpochStats:
+    """What one pass over (part of) an epoch did, for its history entry."""
+
+    started: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    updates: int = 0
+    term_sums: dict = field(default_factory=dict)  # per-token loss terms, summed over micro-batches
+
+
+class Trainer:
+    """Train (or resume) one system in each process of its data-parallel world."""
+
+    def __init__(self, spec: SystemSpec, files: TrainingFiles, threads: int, processes: int, nodes: int,
+                 devices: int, stop: StopRequest, progress_bar: bool):
+        self.spec, self.cfg, self.files, self.stop, self.progress_bar = spec, spec.training, files, stop, progress_bar
+        torch.set_num_threads(threads)
+        check_world(processes, nodes, devices)  # before CUDA is asked for a device it may not have
+        self.world = World()
+        check_precision(self.cfg.precision)
+        load_strictly()
+        self.say = log if self.world.main else (lambda message: None)
+        if "SLURM_JOB_ID" in os.environ:
+            self.say(f"{spec.name}: SLURM job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURMD_NODENAME', '?')}")
+        self.set_up_models()
+        self.set_up_data()
+        inputs = [files.train, files.valid, files.src_spm, files.tgt_spm] + ([files.teacher] if files.teacher else [])
+        self.run = RunDirectory(files.checkpoint_dir, spec, inputs, self.per_update)
+
+    def set_up_models(self) -> None:
+        """The subword models, the student's shape, the frozen teacher, the module to train."""
+        spec, files = self.spec, self.files
+        self.sp = load_sentencepiece(files.tgt_spm)  # decodes validation output
+        src_vocab = None if files.src_spm == files.tgt_spm else load_sentencepiece(files.src_spm).get_piece_size()
+        self.model_cfg = spec.model_config(vocab_size=self.sp.get_piece_size(), src_vocab_size=src_vocab)
+        self.teacher = None
+        if spec.method.needs_teacher:
+            if files.teacher is None:
+                raise ValueError(f"{spec.name}: method {spec.method.name!r} needs --teacher")
+            self.teacher = load_model(files.teacher).eval().requires_grad_(False)
+            try:
+                spec.method.check_fits(self.model_cfg, self.teacher.cfg)
+            except ValueError as err:
+                raise ValueError(f"{files.teacher}: {err}") from None
+        self.module = self.build_module()
+        self.parameters = count_parameters(self.module.student)  # before ZeRO-3 partitions them
+
+    def build_module(self) -> DistillationModule:
+        torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
+        teacher_cfg = self.teacher.cfg if self.teacher else None
+        return DistillationModule(Transformer(self.model_cfg), self.spec.method, teacher_cfg)
+
+    def set_up_data(self) -> None:
+        """The corpora, the token batches, and how many of them make one update on each process."""
+        cfg, files, world, max_positions = self.cfg, self.files, self.world, self.model_cfg.max_positions
+        self.train_data = ParallelData(files.train, max_positions=max_positions)
+        self.valid_data = ParallelData(files.valid, max_positions=max_positions)
+        all_references = read_lines(files.valid_ref)
+        self.references = [all_references[i] for i in self.valid_data.kept]
+        self.batches = self.train_data.batches(cfg.max_tokens, cfg.seed)
+        self.per_update = cfg.batches_per_update or world.size
+        if self.per_update % world.size:
+            raise ValueError(f"{self.spec.name}: batches_per_update {self.per_update} is not a multiple of the "
+                             f"{world.size} processes")
+        self.accumulation = self.per_update // world.size
+        # an epoch's last (len % per_update) shuffled batches are left out
+        self.updates_per_epoch = len(self.batches) // self.per_update
+        if self.updates_per_epoch == 0:
+            raise ValueError(f"{files.train}: {len(self.batches)} batches of {cfg.max_tokens} tokens, fewer than one "
+                             f"update ({self.per_update} batches): lower max_tokens or batches_per_update")
+        self.say(f"{self.spec.name}: {self.parameters:,} parameters, {len(self.train_data):,} training pairs, "
+                 f"{len(self.valid_data):,} validation pairs ({self.train_data.dropped} and {self.valid_data.dropped} "
+                 f"longer than {max_positions} tokens left out), {len(self.batches)} batches per epoch, "
+                 f"{self.per_update} per update ({world.size} process(es) x {self.accumulation}), "
+                 f"ZeRO-{cfg.zero_stage}, {cfg.precision}, method {self.spec.method.name}")
+
+    def resume(self) -> None:
+        """The DeepSpeed engine, from the newest intact checkpoint of this run if there is one."""
+        import deepspeed
+
+        cfg, world = self.cfg, self.world
+        resume = world.broadcast(self.run.checkpoint_to_resume(world.size, log) if world.main else None)
+        optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        schedule = inverse_sqrt_schedule(cfg)
+        ds_config = deepspeed_config(self.spec, world.size, self.accumulation,
+                                     load_universal=bool(resume and resume["universal"]))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        if self.teacher is not None:
+            self.teacher.to(self.engine.device)
+        self.progress = Progress()
+        if resume is not None:
+            _, client = self.engine.load_checkpoint(resume["load_dir"], tag=resume["tag"])
+            self.progress = Progress(**client["progress"])
+            self.say(f"{self.spec.name}: resumed from {self.run.path / resume['tag']} (epoch {self.progress.epoch}, "
+                     f"step {self.progress.step})")
+        else:
+            self.say(f"{self.spec.name}: new run in {self.run.path}")
+        if world.main:
+            self.run.restart_step_log(self.progress.step)
+        self.engine.train()
+
+    def reached_max_steps(self) -> bool:
+        return self.cfg.max_steps > 0 and self.progress.step >= self.cfg.max_steps
+
+    def finished(self) -> bool:
+        out_of_patience = self.cfg.patience > 0 and self.progress.bad_epochs >= self.cfg.patience
+        return self.reached_max_steps() or out_of_patience or self.progress.epoch > self.cfg.max_epochs
+
+    def save(self) -> None:
+        self.run.save(self.engine, self.progress, self.world, self.cfg.zero_stage, self.cfg.keep_checkpoints)
+
+    def train_epoch(self) -> EpochStats:
+        """The epoch's remaining updates (up to max_steps); on a stop signal, save and raise `Stopped`."""
+        progress = self.progress
+        epoch_order = list(range(len(self.batches)))
+        random.Random(self.cfg.seed * 100_003 + progress.epoch).shuffle(epoch_order)
+        first_update = progress.batches_done // self.per_update
+        bar = tqdm(total=self.updates_per_epoch, initial=first_update, desc=f"{self.spec.name} epoch {progress.epoch}",
+                   disable=not self.progress_bar or not self.world.main,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        stats = EpochStats()
+        for update in range(first_update, self.updates_per_epoch):
+            if self.reached_max_steps():
+                break
+            chunk = epoch_order[update * self.per_update:(update + 1) * self.per_update]
+            stop_requested = self.update(chunk, stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last_loss:.3f}",
+                            tok_s=f"{stats.tokens / (time.perf_counter() - stats.started):.0f}", refresh=False)
+            if stop_requested:  # finish the update, save, stop
+                self.save()
+                self.say(f"{self.spec.name}: {self.stop.name or 'another process got a stop signal'}: saved a "
+                         f"checkpoint at step {progress.step} (epoch {progress.epoch}); run again to resume")
+                raise Stopped(self.stop.signum or signal.SIGTERM)
+            if progress.step % self.cfg.save_every_steps == 0:
+                self.save()
+        bar.close()
+        return stats
+
+    def update(self, chunk: list[int], stats: EpochStats) -> bool:
+        """One optimizer update over the batches `chunk` (this process's share of them); says whether
+        any process got a stop signal."""
+        progress, engine, world = self.progress, self.engine, self.world
+        update_loss, update_started, update_tokens, stop_requested = 0.0, time.perf_counter(), 0, False
+        rank, accumulation = world.rank, self.accumulation
+        for index in chunk[rank * accumulation:(rank + 1) * accumulation]:
+            torch.manual_seed(batch_seed(self.cfg.seed, progress.epoch, index))
+            batch = self.train_data.collate(self.batches[index]).to(engine.device)
+            teacher_out = teacher_forward(self.teacher, batch, self.spec.method)
+            loss, terms = engine(batch, teacher_out, progress.epoch, progress.step + 1)
+            # One collective per micro-batch: every rank sees a NaN or a stop signal at the same step.
+            loss_sum, stops = world.sum([float(loss.detach()), float(self.stop.signum is not None)])
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"{self.spec.name}: loss is {loss_sum} at step {progress.step + 1}; "
+                                         "stopping without saving (try a lower lr or clip_norm)")
+            stop_requested = stop_requested or stops > 0
+            engine.backward(loss)
+            engine.step()
+            update_loss += loss_sum / self.per_update
+            update_tokens += batch.target_tokens
+            for name, value in terms.items():
+                per_token = value if name == "nll_per_token" else value / batch.target_tokens
+                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + per_token
+        progress.step += 1
+        progress.batches_done += self.per_update
+        stats.updates += 1
+        stats.tokens += update_tokens
+        self.last_loss = update_loss
+        if world.main:
+            self.run.log_step(progress.step, update_loss, engine.get_lr()[0], update_tokens,
+                              time.perf_counter() - update_started)
+        return stop_requested
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        """Validation BLEU (rank 0 decodes, every rank takes its value, so all decide alike), the
+        epoch's history, the best weights so far, a checkpoint."""
+        progress, world = self.progress, self.world
+        elapsed = time.perf_counter() - stats.started
+        epoch_done = progress.batches_done >= self.updates_per_epoch * self.per_update
+        full = consolidated(self.engine, self.build_module)
+        bleu = world.broadcast(validate(full.student, self.valid_data, self.references, self.sp, self.spec)
+                               if world.main else None)
+        progress.history.append(self.history_entry(stats, bleu, epoch_done, elapsed))
+        if bleu > progress.best_bleu:
+            progress.best_bleu, progress.best_epoch, progress.bad_epochs = bleu, progress.epoch, 0
+            progress.best_alignment = alignment_weights(full)
+            if world.main:
+                save_model(self.run.best, full.student)
+        else:
+            progress.bad_epochs += 1
+        self.say(f"{self.spec.name}: epoch {progress.epoch} step {progress.step} train nll/token "
+                 f"{progress.history[-1]['train_nll']:.3f} valid BLEU {bleu:.2f} (best {progress.best_bleu:.2f}, "
+                 f"epoch {progress.best_epoch}) {progress.history[-1]['target_tokens_per_s']:.0f} target tok/s")
+        if epoch_done:
+            progress.epoch, progress.batches_done = progress.epoch + 1, 0
+        self.save()
+
+    def history_entry(self, stats: EpochStats, bleu: float, epoch_done: bool, elapsed: float) -> dict:
+        """partial: stopped by max_steps inside the epoch (or resumed inside it: then the loss and
+        speed figures cover only the batches since the resume)."""
+        micro_batches = max(stats.updates * self.accumulation, 1)
+        terms = {k: round(v / micro_batches, 6) for k, v in stats.term_sums.items() if k != "nll_per_token"}
+        tokens = self.world.sum([stats.tokens])[0]
+        return {"epoch": self.progress.epoch, "step": self.progress.step, "valid_bleu": round(bleu, 2),
+                "partial": not epoch_done or stats.updates < self.updates_per_epoch,
+                "train_nll": round(stats.term_sums.get("nll_per_token", 0.0) / micro_batches, 4),
+                "terms_per_token": terms, "lr": self.engine.get_lr()[0],
+                "target_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+
+    def finish(self) -> dict:
+        """The best weights to `output` and the summary (rank 0); returns the summary."""
+        progress = self.progress
+        result = {"system": self.spec.name, "method": self.spec.label, "parameters": self.parameters,
+                  "model": self.model_cfg.to_dict(), "steps": progress.step,
+                  "best_valid_bleu": round(progress.best_bleu, 2), "best_epoch": progress.best_epoch,
+                  "history": progress.history, "run_dir": str(self.run.path), "alignment": progress.best_alignment}
+        if self.world.main:
+            with atomic_path(self.files.output) as tmp:
+                shutil.copyfile(self.run.best, tmp)
+            write_json(self.files.summary, result)
+            log(f"{self.spec.name}: best valid BLEU {progress.best_bleu:.2f} at epoch {progress.best_epoch}; "
+                f"wrote {self.files.output}")
+        self.world.barrier()
+        return result
 
 
 def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
@@ -176,210 +375,10 @@ def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str,
     that many GPUs are visible per node. `stop`, where the caller has installed it, says when a stop
     signal came: training then saves and raises `Stopped`.
     """
-    cfg = spec.training
-    stop = stop or StopRequest()
-    torch.set_num_threads(threads)
-    check_world(processes, nodes, devices)  # before CUDA is asked for a device it may not have
-    deepspeed = setup_distributed()
-    import torch.distributed as dist
-
-    check_precision(cfg.precision)
-    load_strictly()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    say = log if rank == 0 else (lambda message: None)
-    if "SLURM_JOB_ID" in os.environ:
-        say(f"{spec.name}: SLURM job {os.environ['SLURM_JOB_ID']} on {os.environ.get('SLURMD_NODENAME', '?')}")
-
-    sp = load_sentencepiece(tgt_spm)  # decodes validation output
-    src_vocab = None if src_spm == tgt_spm else load_sentencepiece(src_spm).get_piece_size()
-    model_cfg = spec.model_config(vocab_size=sp.get_piece_size(), src_vocab_size=src_vocab)
-    teacher = None
-    if spec.method.needs_teacher:
-        if teacher_path is None:
-            raise ValueError(f"{spec.name}: method {spec.method.name!r} needs --teacher")
-        teacher = load_model(teacher_path).eval().requires_grad_(False)
-        try:
-            spec.method.check_fits(model_cfg, teacher.cfg)
-        except ValueError as err:
-            raise ValueError(f"{teacher_path}: {err}") from None
-
-    def build_module() -> DistillationModule:
-        torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        return DistillationModule(Transformer(model_cfg), spec.method, teacher.cfg if teacher else None)
-
-    module = build_module()
-    parameters = count_parameters(module.student)  # before ZeRO-3 partitions them
-
-    train_data = ParallelData(train_path, max_positions=model_cfg.max_positions)
-    valid_data = ParallelData(valid_path, max_positions=model_cfg.max_positions)
-    all_references = read_lines(valid_ref)
-    references = [all_references[i] for i in valid_data.kept]
-    batches = train_data.batches(cfg.max_tokens, cfg.seed)
-    per_update = cfg.batches_per_update or world
-    if per_update % world:
-        raise ValueError(f"{spec.name}: batches_per_update {per_update} is not a multiple of the {world} processes")
-    accumulation = per_update // world
-    updates_per_epoch = len(batches) // per_update  # an epoch's last (len % per_update) shuffled batches are left out
-    if updates_per_epoch == 0:
-        raise ValueError(f"{train_path}: {len(batches)} batches of {cfg.max_tokens} tokens, fewer than one update "
-                         f"({per_update} batches): lower max_tokens or batches_per_update")
-    say(f"{spec.name}: {parameters:,} parameters, {len(train_data):,} training pairs, "
-        f"{len(valid_data):,} validation pairs ({train_data.dropped} and {valid_data.dropped} longer than "
-        f"{model_cfg.max_positions} tokens left out), {len(batches)} batches per epoch, {per_update} per update "
-        f"({world} process(es) x {accumulation}), ZeRO-{cfg.zero_stage}, {cfg.precision}, method {spec.method.name}")
-
-    inputs = [train_path, valid_path, src_spm, tgt_spm] + ([teacher_path] if teacher_path else [])
-    run_dir = Path(checkpoint_dir) / run_digest(spec, inputs, per_update)
-    best_path = run_dir / "best.safetensors"
-    steps_path = run_dir / "steps.tsv"
-    resume = None  # {"tag", "load_dir", "universal"} of the checkpoint to resume from, chosen by rank 0
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        found = newest_intact(run_dir, log)
-        if found:
-            tag, manifest = found
-            resume = {"tag": tag, "load_dir": str(run_dir), "universal": False}
-            if manifest["zero_stage"] > 0 and manifest["world_size"] != world:
-                log(f"{spec.name}: {tag} was written by {manifest['world_size']} process(es), this run has {world}: "
-                    "converting it to DeepSpeed's universal checkpoint")
-                resume.update(load_dir=str(to_universal(run_dir, tag)), universal=True)
-    shared = [resume]
-    dist.broadcast_object_list(shared, src=0)
-    resume = shared[0]
-
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    schedule = inverse_sqrt_schedule(cfg)
-    ds_config = deepspeed_config(spec, world, accumulation, load_universal=bool(resume and resume["universal"]))
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config,
-                                           lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
-    if teacher is not None:
-        teacher.to(engine.device)
-
-    progress = Progress()
-    if resume is not None:
-        _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"])
-        progress = Progress(**client["progress"])
-        say(f"{spec.name}: resumed from {run_dir / resume['tag']} (epoch {progress.epoch}, step {progress.step})")
-    else:
-        say(f"{spec.name}: new run in {run_dir}")
-    if rank == 0:  # steps past the checkpoint were lost with the process that trained them
-        kept = [line for line in (steps_path.read_text().splitlines() if steps_path.exists() else [])[1:]
-                if int(line.split("\t")[0]) <= progress.step]
-        with atomic_path(steps_path) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in ["step\tloss_per_token\tlr\ttarget_tokens\tseconds", *kept]))
-
-    def save_checkpoint():
-        shared = [new_tag(run_dir, progress.step) if rank == 0 else None]
-        dist.broadcast_object_list(shared, src=0)
-        tag = shared[0]
-        engine.save_checkpoint(str(run_dir), tag=tag, save_latest=False, client_state={
-            "progress": progress.__dict__, "universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
-        dist.barrier()  # every rank's files are written
-        if rank == 0:
-            commit_checkpoint(run_dir, tag, world, cfg.zero_stage)
-            prune_checkpoints(run_dir, cfg.keep_checkpoints)
-        dist.barrier()
-
-    def reached_max_steps() -> bool:
-        return cfg.max_steps > 0 and progress.step >= cfg.max_steps
-
-    def finished() -> bool:
-        out_of_patience = cfg.patience > 0 and progress.bad_epochs >= cfg.patience
-        return reached_max_steps() or out_of_patience or progress.epoch > cfg.max_epochs
-
-    engine.train()
-    while not finished():
-        epoch_order = list(range(len(batches)))
-        random.Random(cfg.seed * 100_003 + progress.epoch).shuffle(epoch_order)
-        first_update = progress.batches_done // per_update
-        bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f"{spec.name} epoch {progress.epoch}",
-                   disable=not progress_bar or rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-                   dynamic_ncols=True)
-        started, tokens, updates = time.perf_counter(), 0, 0
-        term_sums: dict[str, float] = {}  # per-token loss terms, summed over this epoch's micro-batches
-        stop_requested = False
-        for update in range(first_update, updates_per_epoch):
-            if reached_max_steps():
-                break
-            chunk = epoch_order[update * per_update:(update + 1) * per_update]
-            update_loss, update_started, update_tokens = 0.0, time.perf_counter(), 0
-            for index in chunk[rank * accumulation:(rank + 1) * accumulation]:
-                torch.manual_seed(batch_seed(cfg.seed, progress.epoch, index))
-                batch = train_data.collate(batches[index]).to(engine.device)
-                loss, terms = engine(batch, teacher_forward(teacher, batch, spec.method), progress.epoch, progress.step + 1)
-                # One collective per micro-batch: every rank sees a NaN or a stop signal at the same step.
-                loss_sum, stops = reduce_sum([float(loss.detach()), float(stop.signum is not None)], engine.device)
-                if not math.isfinite(loss_sum):
-                    raise FloatingPointError(f"{spec.name}: loss is {loss_sum} at step {progress.step + 1}; "
-                                             "stopping without saving (try a lower lr or clip_norm)")
-                stop_requested = stop_requested or stops > 0
-                engine.backward(loss)
-                engine.step()
-                update_loss += loss_sum / per_update
-                update_tokens += batch.target_tokens
-                for name, value in terms.items():
-                    per_token = value if name == "nll_per_token" else value / batch.target_tokens
-                    term_sums[name] = term_sums.get(name, 0.0) + per_token
-            progress.step += 1
-            progress.batches_done += per_update
-            updates += 1
-            tokens += update_tokens
-            if rank == 0:  # this process's tokens and wall time: benchmarks/ reads them
-                with open(steps_path, "a") as f:
-                    f.write(f"{progress.step}\t{update_loss:.6f}\t{engine.get_lr()[0]:.6g}\t{update_tokens}\t"
-                            f"{time.perf_counter() - update_started:.4f}\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{update_loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
-                            refresh=False)
-            if stop_requested:  # finish the update, save, stop
-                save_checkpoint()
-                say(f"{spec.name}: {stop.name or 'another process got a stop signal'}: saved a checkpoint at step "
-                    f"{progress.step} (epoch {progress.epoch}); run again to resume")
-                raise Stopped(stop.signum or signal.SIGTERM)
-            if progress.step % cfg.save_every_steps == 0:
-                save_checkpoint()
-        bar.close()
-        elapsed = time.perf_counter() - started
-
-        epoch_done = progress.batches_done >= updates_per_epoch * per_update
-        full = consolidated(engine, build_module)
-        # Rank 0 decodes; every rank takes its BLEU, so that all take the same decisions.
-        shared = [validate(full.student, valid_data, references, sp, spec) if rank == 0 else None]
-        dist.broadcast_object_list(shared, src=0)
-        bleu = shared[0]
-        micro_batches = updates * accumulation
-        # partial: stopped by max_steps inside the epoch (or resumed inside it: then the
-        # loss and speed figures cover only the batches since the resume).
-        progress.history.append({"epoch": progress.epoch, "step": progress.step, "valid_bleu": round(bleu, 2),
-                                 "partial": not epoch_done or updates < updates_per_epoch,
-                                 "train_nll": round(term_sums.get("nll_per_token", 0.0) / max(micro_batches, 1), 4),
-                                 "terms_per_token": {k: round(v / max(micro_batches, 1), 6) for k, v in term_sums.items()
-                                                     if k != "nll_per_token"},
-                                 "lr": engine.get_lr()[0],
-                                 "target_tokens_per_s": round(reduce_sum([tokens], engine.device)[0] / max(elapsed, 1e-9), 1)})
-        if bleu > progress.best_bleu:
-            progress.best_bleu, progress.best_epoch, progress.bad_epochs = bleu, progress.epoch, 0
-            progress.best_alignment = alignment_weights(full)
-            if rank == 0:
-                save_model(best_path, full.student)
-        else:
-            progress.bad_epochs += 1
-        say(f"{spec.name}: epoch {progress.epoch} step {progress.step} train nll/token "
-            f"{progress.history[-1]['train_nll']:.3f} valid BLEU {bleu:.2f} (best {progress.best_bleu:.2f}, "
-            f"epoch {progress.best_epoch}) {progress.history[-1]['target_tokens_per_s']:.0f} target tok/s")
-        if epoch_done:
-            progress.epoch, progress.batches_done = progress.epoch + 1, 0
-        save_checkpoint()
-
-    result = {"system": spec.name, "method": spec.label, "parameters": parameters,
-              "model": model_cfg.to_dict(), "steps": progress.step, "best_valid_bleu": round(progress.best_bleu, 2),
-              "best_epoch": progress.best_epoch, "history": progress.history, "run_dir": str(run_dir),
-              "alignment": progress.best_alignment}
-    if rank == 0:
-        with atomic_path(output) as tmp:
-            shutil.copyfile(best_path, tmp)
-        write_json(summary, result)
-        log(f"{spec.name}: best valid BLEU {progress.best_bleu:.2f} at epoch {progress.best_epoch}; wrote {output}")
-    dist.barrier()
-    return result
+    files = TrainingFiles(train_path, valid_path, valid_ref, src_spm, tgt_spm, checkpoint_dir, output, summary,
+                          teacher_path)
+    trainer = Trainer(spec, files, threads, processes, nodes, devices, stop or StopRequest(), progress_bar)
+    trainer.resume()
+    while not trainer.finished():
+        trainer.end_epoch(trainer.train_epoch())
+    return trainer.finish()

@@ -224,7 +224,7 @@ def test_pkd_student_deeper_than_teacher_fails_at_config_time():
     config = yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text())
     config["students"]["deep"] = {"model": {"encoder_layers": 3, "decoder_layers": 1, "d_model": 16, "heads": 2},
                                   "method": {"name": "pkd"}}
-    with pytest.raises(ConfigError, match="deep: method pkd: PKD maps each of 3 student layers .* only 2"):
+    with pytest.raises(ConfigError, match="students.deep.method: pkd: PKD maps each of 3 student layers .* only 2"):
         validate_config(config)
 
 

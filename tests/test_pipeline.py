@@ -258,7 +258,7 @@ def test_the_readme_own_corpus_example_runs_as_written(tmp_path, monkeypatch):
         shutil.copy(MIRROR / "multi30k" / f"train.{lang}", tmp_path / "corpus" / f"mine.{lang}")
     command = readme_block("own corpus", "bash").split()
     assert command == ["snakemake", "--profile", "workflow/profiles/local", "--configfile", "my.yaml"]  # as run here
-    (tmp_path / "cap.yaml").write_text(yaml.safe_dump({"training": {"max_steps": 20}, "seeds": [1]}))
+    (tmp_path / "cap.yaml").write_text(yaml.safe_dump({"training": {"max_steps": 10}, "seeds": [1]}))
     snakemake(tmp_path, [tmp_path / command[4], tmp_path / "cap.yaml"])
 
     results = tmp_path / "results" / "mine"
