@@ -1,8 +1,12 @@
-"""`python -m a2d <command>`: one command per pipeline step; each Snakemake rule calls one."""
+"""`python -m a2d <command>`: one command per pipeline step; each Snakemake rule calls one.
+
+Files are options of their own; settings come as config sections in JSON (`--decoding`,
+`--evaluation`, ...; `--spec` for a system or a split), exactly as the rules hand them over."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,15 +17,14 @@ def cmd_synthesize(args):
     from a2d.files import write_lines
     from a2d.synthetic import generate_splits
 
-    splits = generate_splits(args.seed, {"train": args.train, "valid": args.valid, "test": args.test})
+    corpus = args.synthetic
+    splits = generate_splits(corpus.seed, {"train": corpus.train, "valid": corpus.valid, "test": corpus.test})
     for name, pairs in splits.items():
         write_lines(Path(args.out_dir) / f"{name}.src", [s for s, _ in pairs])
         write_lines(Path(args.out_dir) / f"{name}.tgt", [t for _, t in pairs])
 
 
 def cmd_fetch(args):
-    import json
-
     from a2d.datasets import fetch_side
 
     origin = fetch_side(args.name, args.lang, json.loads(args.side), args.output, args.mirror or None)
@@ -29,8 +32,6 @@ def cmd_fetch(args):
 
 
 def cmd_prepare(args):
-    import json
-
     from a2d.clean import prepare
 
     prepare(json.loads(args.spec), args.src, args.tgt, args.output_src, args.output_tgt, args.report,
@@ -40,7 +41,7 @@ def cmd_prepare(args):
 def cmd_train_spm(args):
     from a2d.data import train_sentencepiece
 
-    train_sentencepiece(args.input, args.model, args.vocab_size, args.model_type, args.seed, args.threads)
+    train_sentencepiece(args.input, args.model, args.sentencepiece, args.threads)
 
 
 def cmd_encode(args):
@@ -73,14 +74,13 @@ def cmd_translate(args):
     from a2d.checkpoint import load_model
     from a2d.data import encode_lines, load_sentencepiece
     from a2d.files import read_lines, write_json, write_lines
-    from a2d.search import SearchConfig, timed_translate
+    from a2d.search import timed_translate
 
     torch.set_num_threads(args.threads)
     model, src_sp, tgt_sp = load_model(args.model), load_sentencepiece(args.src_spm), load_sentencepiece(args.tgt_spm)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     sources = [torch.tensor(ids) for ids in encode_lines(src_sp, read_lines(args.input))]
-    cfg = SearchConfig(args.beam_size, args.length_penalty, args.max_len_a, args.max_len_b, args.batch_size, args.min_len)
-    hyps, speed = timed_translate(model, sources, cfg)
+    hyps, speed = timed_translate(model, sources, args.decoding)
     write_lines(args.output, [tgt_sp.decode(hyp) for hyp in hyps])
     if args.speed:
         write_json(args.speed, speed)
@@ -91,22 +91,16 @@ def cmd_translate(args):
 def cmd_export(args):
     from a2d.export import export_ctranslate2
 
-    size = export_ctranslate2(args.model, args.src_spm, args.tgt_spm, args.output, args.quantization)
-    print(f"{args.model} -> {args.output} (CTranslate2, {args.quantization}, {size / 1e6:.2f} MB)", file=sys.stderr)
-
-
-def evaluation_config(args):
-    from a2d.evaluate import EvaluationConfig
-
-    samples = getattr(args, "samples", EvaluationConfig.bootstrap_samples)  # only `significance` resamples
-    return EvaluationConfig(tokenize=args.tokenize, lowercase=args.lowercase, bootstrap_samples=samples)
+    quantization = args.export.quantization
+    size = export_ctranslate2(args.model, args.src_spm, args.tgt_spm, args.output, quantization)
+    print(f"{args.model} -> {args.output} (CTranslate2, {quantization}, {size / 1e6:.2f} MB)", file=sys.stderr)
 
 
 def cmd_evaluate(args):
     from a2d.evaluate import score_files
     from a2d.files import write_json
 
-    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref, evaluation_config(args))}
+    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref, args.evaluation)}
     write_json(args.output, result)
     print(result["bleu_detail"], file=sys.stderr)
 
@@ -114,9 +108,12 @@ def cmd_evaluate(args):
 def cmd_significance(args):
     from a2d.evaluate import significance
     from a2d.files import write_json
+    from a2d.plan import seed_pairs
 
-    rows = significance(args.systems, args.hyps, args.ref, args.baselines, evaluation_config(args))
-    write_json(args.output, {"test_set": args.test_set, "samples": args.samples, "comparisons": rows})
+    hyps = dict(zip(args.systems, args.hyps, strict=True))
+    rows = significance(hyps, args.ref, seed_pairs(args.systems, args.baselines), args.evaluation)
+    write_json(args.output, {"test_set": args.test_set, "samples": args.evaluation.bootstrap_samples,
+                             "comparisons": rows})
 
 
 def cmd_shard(args):
@@ -147,19 +144,39 @@ def cmd_tables(args):
     from a2d.tables import write_tables
 
     write_tables(args.metrics, args.summaries, args.out_dir, significance_paths=args.significance,
-                 figure_paths=args.figures, baselines=args.baselines, level=args.level, samples=args.samples,
-                 config_json=args.config, cleaning_path=args.cleaning_report, overlap_warning=args.overlap_warning,
+                 figure_paths=args.figures, baselines=args.baselines, evaluation=args.evaluation,
+                 config_json=args.config, cleaning_path=args.cleaning_report, cleaning=args.cleaning,
                  speed_paths=args.speeds, model_paths=args.models, export_paths=args.exports)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m a2d", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_section(s: argparse.ArgumentParser, name: str) -> None:
+    """--<name> JSON: the config section `name` (a2d.config.SECTIONS), the fields that differ from
+    their defaults; every command takes its settings this one way."""
+    from a2d.config import SECTIONS
+    from a2d.settings import ConfigError
 
+    cls, path = SECTIONS[name]
+    required = "required" in cls.schema()
+
+    def parse(text: str):
+        try:
+            return cls.from_json(text, cls.__name__)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    s.add_argument(f"--{name.replace('_', '-')}", type=parse, required=required, **({} if required else {"default": cls()}),
+                   metavar="JSON", help=f"the config's {'.'.join(path)} section as JSON ({cls.__name__}; "
+                   + ("its fields are required)" if required else "unset fields take their defaults)"))
+
+
+def add_subword_models(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
+    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+
+
+def add_data_commands(sub) -> None:
     s = sub.add_parser("synthesize", help="write the seeded synthetic language pair (train/valid/test)")
-    s.add_argument("--seed", type=int, required=True)
-    for split in ("train", "valid", "test"):
-        s.add_argument(f"--{split}", type=int, required=True, help=f"sentence pairs in {split}")
+    add_section(s, "synthetic")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(run=cmd_synthesize)
 
@@ -172,43 +189,42 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_fetch)
 
     s = sub.add_parser("prepare", help="concatenate, preprocess and (training data) clean one split")
-    s.add_argument("--spec", required=True, help="the split's resolved data config as JSON (a2d.config.split_spec)")
+    s.add_argument("--spec", required=True, help="the split's resolved data config as JSON (a2d.plan.split_spec)")
     s.add_argument("--src", nargs="+", required=True, help="source side of each dataset, in order")
     s.add_argument("--tgt", nargs="+", required=True, help="target side of each dataset, in order")
     s.add_argument("--output-src", required=True)
     s.add_argument("--output-tgt", required=True)
     s.add_argument("--report", help="clean the data and write the cleaning report here (training data)")
-    s.add_argument("--eval-src", nargs="*", default=[], help="evaluation sets to check overlap against")
-    s.add_argument("--eval-tgt", nargs="*", default=[])
-    s.add_argument("--eval-names", nargs="*", default=[])
-    s.add_argument("--held-out-src", nargs="*", default=[], help="where the spec's held_out splits go, in its order")
-    s.add_argument("--held-out-tgt", nargs="*", default=[])
+    for option, what in (("eval-src", "evaluation sets to check overlap against"), ("eval-tgt", None),
+                         ("eval-names", None), ("held-out-src", "where the spec's held_out splits go, in its order"),
+                         ("held-out-tgt", None)):
+        s.add_argument(f"--{option}", nargs="*", default=[], help=what)
     s.set_defaults(run=cmd_prepare)
 
+
+def add_subword_commands(sub) -> None:
     s = sub.add_parser("train-spm", help="train a SentencePiece model on one or more text files")
     s.add_argument("--input", nargs="+", required=True, help="text files, one sentence per line")
     s.add_argument("--model", required=True, help="output .model path (a .vocab is written beside it)")
-    s.add_argument("--vocab-size", type=int, required=True)
-    s.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
-    s.add_argument("--seed", type=int, default=1)
+    add_section(s, "sentencepiece")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(run=cmd_train_spm)
 
     s = sub.add_parser("encode", help="encode a parallel corpus to subword ids (safetensors)")
-    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
-    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+    add_subword_models(s)
     s.add_argument("--src", required=True)
     s.add_argument("--tgt", required=True)
     s.add_argument("--output", required=True)
     s.set_defaults(run=cmd_encode)
 
+
+def add_train_command(sub) -> None:
     s = sub.add_parser("train", help="train a teacher or distil a student on a DeepSpeed engine")
     s.add_argument("--spec", required=True, help="the system's resolved spec as JSON (a2d.config.SystemSpec)")
     s.add_argument("--train", required=True, help="encoded training corpus")
     s.add_argument("--valid", required=True, help="encoded validation corpus")
     s.add_argument("--valid-ref", required=True, help="validation references, plain text")
-    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
-    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+    add_subword_models(s)
     s.add_argument("--teacher", help="teacher weights, for distillation methods")
     s.add_argument("--checkpoint-dir", required=True, help="where to keep resumable checkpoints")
     s.add_argument("--output", required=True, help="best weights (.safetensors)")
@@ -226,41 +242,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_train)
 
+
+def add_model_commands(sub) -> None:
     s = sub.add_parser("translate", help="translate a text file with beam search")
-    s.add_argument("--model", required=True)
-    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
-    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+    s.add_argument("--model", required=True, help="weights written by `train` (.safetensors)")
+    add_subword_models(s)
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
-    s.add_argument("--beam-size", type=int, default=5)
-    s.add_argument("--length-penalty", type=float, default=1.0)
-    s.add_argument("--max-len-a", type=float, default=1.2)
-    s.add_argument("--max-len-b", type=int, default=10)
-    s.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    s.add_argument("--min-len", type=int, default=1, help="tokens before EOS at least")
+    add_section(s, "decoding")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--speed", help="also write the decoding speed here (.json)")
     s.set_defaults(run=cmd_translate)
 
     s = sub.add_parser("export", help="a trained model as a CTranslate2 model directory (int8 by default)")
     s.add_argument("--model", required=True, help="weights written by `train` (.safetensors)")
-    s.add_argument("--src-spm", required=True, help="source SentencePiece model")
-    s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
+    add_subword_models(s)
     s.add_argument("--output", required=True, help="CTranslate2 model directory (replaced)")
-    s.add_argument("--quantization", default="int8", help="int8 (default), int8_float32, int16 or float32")
+    add_section(s, "export")
     s.set_defaults(run=cmd_export)
 
-    def scoring_options(s):
-        s.add_argument("--tokenize", default="13a", help="sacrebleu BLEU tokenizer (none: text is already tokenised)")
-        s.add_argument("--lowercase", action="store_true")
 
+def add_scoring_commands(sub) -> None:
     s = sub.add_parser("evaluate", help="BLEU and chrF with sacrebleu, saved as JSON with signatures")
-    s.add_argument("--hyp", required=True)
-    s.add_argument("--ref", required=True)
-    s.add_argument("--system", required=True)
-    s.add_argument("--test-set", required=True)
-    s.add_argument("--output", required=True)
-    scoring_options(s)
+    for option in ("hyp", "ref", "system", "test-set", "output"):
+        s.add_argument(f"--{option}", required=True)
+    add_section(s, "evaluation")
     s.set_defaults(run=cmd_evaluate)
 
     s = sub.add_parser("significance", help="paired bootstrap of every student against the baseline students")
@@ -270,10 +276,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--hyps", nargs="+", required=True)
     s.add_argument("--baselines", nargs="+", required=True, help="configured names of the baseline students")
     s.add_argument("--output", required=True)
-    scoring_options(s)
-    s.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
+    add_section(s, "evaluation")
     s.set_defaults(run=cmd_significance)
 
+
+def add_shard_commands(sub) -> None:
     s = sub.add_parser("shard", help="split a text file into contiguous shards for parallel jobs")
     s.add_argument("--input", required=True)
     s.add_argument("--outputs", nargs="+", required=True, help="one path per shard, in order")
@@ -287,6 +294,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tgt-output", required=True)
     s.set_defaults(run=cmd_merge_shards)
 
+
+def add_report_commands(sub) -> None:
     for name, run, what in (("plot-training", cmd_plot_training, "training curves of every loss term"),
                             ("plot-alignment", cmd_plot_alignment, "the AAM's learned weights as heatmaps")):
         s = sub.add_parser(name, help=f"PNG of {what}, from a training summary")
@@ -299,11 +308,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
     s.add_argument("--significance", nargs="*", default=[], help="JSON files written by `significance`")
     s.add_argument("--baselines", nargs="*", default=[], help="the baseline students (marked by their method)")
-    s.add_argument("--level", type=float, default=0.05, help="significance level")
-    s.add_argument("--samples", type=int, default=1000, help="bootstrap samples (for the footnote)")
+    add_section(s, "evaluation")
     s.add_argument("--config", default="{}", help="the resolved experiment as JSON (provenance)")
-    s.add_argument("--cleaning-report", help="train.cleaning.json: overlaps above --overlap-warning go under the table")
-    s.add_argument("--overlap-warning", type=float, default=0.05)
+    s.add_argument("--cleaning-report", help="train.cleaning.json: overlaps above cleaning.overlap_warning go under the table")
+    add_section(s, "cleaning")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--figures", nargs="*", default=[], help="PNG files to link, named <system>.<kind>.png")
     s.add_argument("--speeds", nargs="*", default=[], help="decoding speeds written by `translate --speed`, "
@@ -312,6 +320,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--exports", nargs="*", default=[], help="CTranslate2 directories written by `export`, "
                    "named <system>.ct2")
     s.set_defaults(run=cmd_tables)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m a2d", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_data_commands, add_subword_commands, add_train_command, add_model_commands,
+                add_scoring_commands, add_shard_commands, add_report_commands):
+        add(sub)
     return p
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from a2d.files import InputError, atomic_path, read_lines, read_parallel, read_safetensors
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from a2d.settings import Section, setting
 
 
 @dataclass
@@ -32,18 +33,27 @@ class Batch:
         return Batch(self.src.to(device), self.prev.to(device), self.target.to(device), self.mask.to(device))
 
 
-def train_sentencepiece(inputs: list[str], model_path: str, vocab_size: int, model_type: str, seed: int,
-                        threads: int = 1) -> None:
+@dataclass(frozen=True)
+class SubwordConfig(Section):
+    """SentencePiece models: one joint model for both languages, or one per language."""
+
+    vocab_size: int = setting(doc="per model when not joint", minimum=8)
+    model_type: str = setting(enum=["unigram", "bpe", "char", "word"])
+    seed: int = setting()
+    joint: bool = setting(True, "one model for both languages, or one per language (the De->Dsb recipe)")
+
+
+def train_sentencepiece(inputs: list[str], model_path: str, cfg: SubwordConfig, threads: int = 1) -> None:
     """One SentencePiece model over all `inputs` (both sides: a joint model); writes `model_path` (and its .vocab) atomically."""
     model_path = Path(model_path)
     lines = [line for path in inputs for line in read_lines(path)]
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
         text = Path(tmp) / "input.txt"
         text.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        spm.set_random_generator_seed(seed)
+        spm.set_random_generator_seed(cfg.seed)
         spm.SentencePieceTrainer.train(
-            input=str(text), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
-            model_type=model_type, character_coverage=1.0, num_threads=threads,
+            input=str(text), model_prefix=str(Path(tmp) / "spm"), vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type, character_coverage=1.0, num_threads=threads,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             # A small corpus may not support the requested size: take what it gives.
             hard_vocab_limit=False, minloglevel=2)

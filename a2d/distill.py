@@ -2,12 +2,12 @@
 parameters (the AAM).
 
 The teacher is not in here: the training loop runs it frozen, outside the engine, and passes its
-output in. `forward` returns the loss to back-propagate and every term for logging.
+output in. `forward` returns the loss to back-propagate and every term (`LossTerms`) for logging.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -15,14 +15,16 @@ from torch import Tensor, nn
 from a2d import losses
 from a2d.align import ATTENTION_TYPES, AttentionAlignment
 from a2d.data import Batch
+from a2d.losses import LossTerms
 from a2d.model import PAD_ID, ModelConfig, Seq2SeqOutput, Transformer
+from a2d.settings import Section, setting
 
 METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd", "minilm")
 FEATURE_METHODS = ("pkd", "alp_kd", "minilm")
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(Section):
     """How a model is trained (method doc, sections 3, 4 and 6).
 
     none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
@@ -35,41 +37,30 @@ class MethodConfig:
     of 0 switches that attention type off (encoder-only or decoder-only A2D).
     """
 
-    name: str = "none"
-    label_smoothing: float = 0.1
-    alpha: float = 0.5  # weight of word-level KD
-    temperature: float = 1.0  # word-level KD (word_kd, selective_kd, corrected a2d)
-    selective_fraction: float = 0.5
-    a2d_mode: str = "faithful"
-    layerwise: bool = False
-    encoder_self: float = 1.0  # A2D weights per attention type
-    decoder_self: float = 0.5
-    decoder_cross: float = 0.5
-    beta: float = 1.0
-    gamma: float = 0.9
-    decay_every: str = "epoch"  # or "step": beta * gamma^(count - 1)
-    feature_weight: float = 1.0  # pkd, alp_kd
-    pkd_mapping: str = "skip"
-    relation_heads: int = 4  # minilm
+    name: str = setting("none", enum=list(METHODS))
+    label_smoothing: float = setting(0.1, minimum=0, maximum=1)
+    alpha: float = setting(0.5, "weight of word-level KD", minimum=0, maximum=1)
+    temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, corrected a2d)", exclusiveMinimum=0)
+    selective_fraction: float = setting(0.5, exclusiveMinimum=0, maximum=1)
+    a2d_mode: str = setting("faithful", enum=["faithful", "corrected"])
+    layerwise: bool = setting(False)
+    encoder_self: float = setting(1.0, "A2D weight of this attention type (0: off)", minimum=0)
+    decoder_self: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
+    decoder_cross: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
+    beta: float = setting(1.0, minimum=0)
+    gamma: float = setting(0.9, minimum=0, maximum=1)
+    decay_every: str = setting("epoch", "beta * gamma^(count - 1), counting epochs or update steps",
+                               enum=["epoch", "step"])
+    feature_weight: float = setting(1.0, "pkd, alp_kd, minilm", minimum=0)
+    pkd_mapping: str = setting("skip", enum=["skip", "last"])
+    relation_heads: int = setting(4, "minilm", minimum=1)
 
-    def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
-        if self.a2d_mode not in ("faithful", "corrected"):
-            raise ValueError(f"a2d_mode must be faithful or corrected, not {self.a2d_mode!r}")
-        if self.decay_every not in ("epoch", "step"):
-            raise ValueError(f"decay_every must be epoch or step, not {self.decay_every!r}")
+    def check(self):
         if self.name == "a2d" and not self.attention_types:
             raise ValueError("a2d needs at least one attention type with a positive weight")
-        if not 0.0 < self.selective_fraction <= 1.0:
-            raise ValueError(f"selective_fraction must be in (0, 1], not {self.selective_fraction}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, not {self.temperature}")
         if self.name == "a2d" and self.a2d_mode == "faithful" and self.temperature != 1.0:
             raise ValueError("faithful A2D has no temperature (the released code uses none); "
                              "use a2d_mode: corrected for word-level KD at a temperature")
-        if self.pkd_mapping not in ("skip", "last"):
-            raise ValueError(f"pkd_mapping must be skip or last, not {self.pkd_mapping!r}")
 
     def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
         """Refuse, before training, a method that cannot work with these shapes."""
@@ -114,10 +105,6 @@ class MethodConfig:
     @property
     def needs_hidden(self) -> bool:
         return self.name in FEATURE_METHODS
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 class DistillationModule(nn.Module):
     def __init__(self, student: Transformer, method: MethodConfig, teacher_cfg: ModelConfig | None = None):
@@ -170,40 +157,41 @@ class DistillationModule(nn.Module):
             t = {name: losses.layer_means(m, self.teacher_heads) for name, m in t.items()}
         return self.alignment(s), t
 
-    def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int, step: int) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int, step: int) -> tuple[Tensor, LossTerms]:
         m = self.method
         out = self.student(batch.src, batch.prev, return_attention=m.needs_attention, return_hidden=m.needs_hidden)
-        ntokens = batch.mask.sum()
-        if m.name != "a2d":
-            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
-            terms = {"total": ls, "ls": ls, "nll": nll}
-            if m.needs_teacher:  # word-level KD, on every token or (selective_kd) the hardest ones
-                kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
-                    out.logits, batch.target, batch.mask, m.selective_fraction)
-                terms["kd"] = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
-                terms["total"] = (1.0 - m.alpha) * ls + m.alpha * terms["kd"]
-            if m.needs_hidden:
-                terms["feature"] = self.feature_loss(out, teacher, batch)
-                terms["total"] = terms["total"] + m.feature_weight * terms["feature"]
-        else:
-            aligned, teacher_maps = self.aligned_maps(out, teacher)
-            decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
-            if m.a2d_mode == "faithful":
-                terms = losses.a2d_faithful_loss(
-                    out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps,
-                    weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
-            else:
-                source_rows = batch.src != PAD_ID
-                query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
-                terms = losses.a2d_corrected_loss(
-                    out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
-                    weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature,
-                    decay=decay)
+        terms = self.a2d_terms(out, teacher, batch, epoch, step) if m.name == "a2d" else self.terms(out, teacher, batch)
         # Gradient divided by the number of target tokens, as fairseq does.
-        loss = terms["total"] / ntokens
-        logged = {name: float(value.detach()) for name, value in terms.items()}
-        logged["nll_per_token"] = logged.pop("nll") / max(int(ntokens), 1)
-        return loss, logged
+        return terms.total / batch.mask.sum(), terms
+
+    def terms(self, out: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> LossTerms:
+        """Label-smoothed CE, plus word-level KD and a feature loss where the method has them."""
+        m = self.method
+        ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
+        terms = losses.LossTerms(total=ls, nll=nll, ls=ls)
+        if m.needs_teacher:  # word-level KD, on every token or (selective_kd) the hardest ones
+            kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
+                out.logits, batch.target, batch.mask, m.selective_fraction)
+            terms.kd = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
+            terms.total = (1.0 - m.alpha) * ls + m.alpha * terms.kd
+        if m.needs_hidden:
+            terms.feature = self.feature_loss(out, teacher, batch)
+            terms.total = terms.total + m.feature_weight * terms.feature
+        return terms
+
+    def a2d_terms(self, out: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch, epoch: int, step: int) -> LossTerms:
+        m = self.method
+        aligned, teacher_maps = self.aligned_maps(out, teacher)
+        decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
+        if m.a2d_mode == "faithful":
+            return losses.a2d_faithful_loss(
+                out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps,
+                weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
+        source_rows = batch.src != PAD_ID
+        query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+        return losses.a2d_corrected_loss(
+            out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
+            weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature, decay=decay)
 
 
 @torch.no_grad()

@@ -9,14 +9,21 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
 from a2d.files import InputError, read_lines
+from a2d.settings import Section, setting
+
+
+TOKENIZERS = ["13a", "none", "intl", "char", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200"]
 
 
 @dataclass(frozen=True)
-class EvaluationConfig:
-    tokenize: str = "13a"  # sacrebleu's default; "none" scores already-tokenised text (the IWSLT'14 recipe)
-    lowercase: bool = False
-    bootstrap_samples: int = 1000
-    significance_level: float = 0.05
+class EvaluationConfig(Section):
+    """Scoring with sacrebleu, and the significance tests between systems."""
+
+    tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer; none scores already-tokenised text (IWSLT'14)",
+                            enum=TOKENIZERS)
+    lowercase: bool = setting(False)
+    bootstrap_samples: int = setting(1000, minimum=1)
+    significance_level: float = setting(0.05, exclusiveMinimum=0, exclusiveMaximum=1)
 
 
 def metrics(cfg: EvaluationConfig) -> dict:
@@ -57,27 +64,15 @@ def paired_bootstrap(baseline: tuple[str, list[str]], systems: list[tuple[str, l
             for i, name in enumerate(scores["System"]) if i > 0}
 
 
-def significance(names: list[str], hyp_paths: list[str], ref_path: str, baselines: list[str],
+def significance(hyp_paths: dict[str, str], ref_path: str, pairs: list[tuple[str, str, list[str]]],
                  cfg: EvaluationConfig) -> list[dict]:
-    """Every student against every baseline student, pairing runs of the same seed
-    (`x_seed2` against `student_nokd_seed2`); the teacher and a baseline's own runs are not tested."""
-    from a2d.config import base_name
-
+    """Paired tests of runs against baseline runs: `pairs` holds (baseline, its run, the runs compared
+    with that run), see a2d.plan.seed_pairs; `hyp_paths` maps every run to its translations."""
     refs = read_lines(ref_path)
-    hyps = {name: read_hypotheses(path, refs, ref_path) for name, path in zip(names, hyp_paths, strict=True)}
+    hyps = {name: read_hypotheses(path, refs, ref_path) for name, path in hyp_paths.items()}
     rows = []
-    for baseline in baselines:
-        partners: dict[str, list[str]] = {}  # baseline run -> the runs compared with it
-        for name in names:
-            base = base_name(name)
-            if name == "teacher" or base == baseline:
-                continue
-            partner = baseline + name[len(base):]  # same seed suffix
-            if partner not in hyps:
-                raise InputError(f"significance: no run {partner!r} of baseline {baseline!r} to pair with {name!r}")
-            partners.setdefault(partner, []).append(name)
-        for partner, runs in partners.items():
-            p_values = paired_bootstrap((partner, hyps[partner]), [(r, hyps[r]) for r in runs], refs, cfg)
-            rows += [{"system": run, "baseline": baseline, "baseline_run": partner,
-                      **{f"{metric}_p": p for metric, p in p_values[run].items()}} for run in runs]
+    for baseline, partner, runs in pairs:
+        p_values = paired_bootstrap((partner, hyps[partner]), [(r, hyps[r]) for r in runs], refs, cfg)
+        rows += [{"system": run, "baseline": baseline, "baseline_run": partner,
+                  **{f"{metric}_p": p for metric, p in p_values[run].items()}} for run in runs]
     return rows

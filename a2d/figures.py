@@ -9,7 +9,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from a2d.files import InputError, atomic_path, read_json  # noqa: E402
+from a2d.files import InputError, atomic_path  # noqa: E402
+from a2d.summary import TrainingSummary  # noqa: E402
 
 TITLES = {"encoder_self": "encoder self-attention", "decoder_self": "decoder self-attention",
           "decoder_cross": "decoder cross-attention"}
@@ -18,10 +19,10 @@ TITLES = {"encoder_self": "encoder self-attention", "decoder_self": "decoder sel
 def plot_alignment(summary_path: str, output: str) -> None:
     """One heatmap per attention type: teacher channels (rows) x student channels (columns), with
     lines between layers. Faithful AAMs show raw 1x1-conv weights, corrected ones softmax mixes."""
-    summary = read_json(summary_path)
-    alignment = summary["alignment"]
+    summary = TrainingSummary.read(summary_path)
+    alignment = summary.alignment
     if not alignment:
-        raise InputError(f"{summary_path}: system {summary['system']!r} has no attention alignment module")
+        raise InputError(f"{summary_path}: system {summary.system!r} has no attention alignment module")
     weights = alignment["weights"]
     fig, axes = plt.subplots(1, len(weights), figsize=(4.2 * len(weights), 4.4), squeeze=False)
     for ax, (name, matrix) in zip(axes[0], weights.items()):
@@ -36,29 +37,29 @@ def plot_alignment(summary_path: str, output: str) -> None:
         ax.set_xlabel(f"student channel ({alignment['student_heads_per_layer']} per layer)")
         ax.set_ylabel(f"teacher channel ({alignment['teacher_heads_per_layer']} per layer)")
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(f"{summary['system']} ({summary['method']}): AAM weights at the best epoch ({summary['best_epoch']})")
+    fig.suptitle(f"{summary.system} ({summary.method}): AAM weights at the best epoch ({summary.best_epoch})")
     save(fig, output)
 
 
 def plot_training(summary_path: str, output: str) -> None:
     """Each loss term per target token, and validation BLEU, by epoch."""
-    summary = read_json(summary_path)
-    history = summary["history"]
-    epochs = [h["epoch"] for h in history]
-    names = sorted({name for h in history for name in h.get("terms_per_token", {})})
+    summary = TrainingSummary.read(summary_path)
+    history = summary.history
+    epochs = [h.epoch for h in history]
+    names = sorted({name for h in history for name in h.terms_per_token})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
-        left.plot(epochs, [h["terms_per_token"].get(name) for h in history], marker="o", label=name)
+        left.plot(epochs, [h.terms_per_token.get(name) for h in history], marker="o", label=name)
     left.set_yscale("symlog", linthresh=1e-3)
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("per target token (mean over the epoch)")
     left.legend(fontsize=8)
-    right.plot(epochs, [h["valid_bleu"] for h in history], marker="o", color="black")
+    right.plot(epochs, [h.valid_bleu for h in history], marker="o", color="black")
     right.set_xlabel("epoch")
     right.set_ylabel("validation BLEU (greedy)")
-    fig.suptitle(f"{summary['system']} ({summary['method']})")
+    fig.suptitle(f"{summary.system} ({summary.method})")
     save(fig, output)
 
 

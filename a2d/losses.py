@@ -6,9 +6,33 @@ because the faithful A2D loss and the plain baselines normalise differently (met
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass
+class LossTerms:
+    """One batch's loss: `total`, the term back-propagated, and every term it is built from, each a
+    sum over the batch's target tokens (the trainer logs them per token)."""
+
+    total: Tensor
+    nll: Tensor  # cross-entropy without smoothing: the curves' train_nll
+    ls: Tensor  # label-smoothed cross-entropy
+    kd: Tensor | None = None  # word-level KD
+    feature: Tensor | None = None  # pkd, alp_kd, minilm
+    word: Tensor | None = None  # a2d: the word-level part of total
+    attention: Tensor | None = None  # a2d: the attention part, weighted and decayed
+    attention_kl: dict[str, Tensor] = field(default_factory=dict)  # a2d: per attention type, unweighted
+
+    def logged(self) -> dict[str, float]:
+        """The terms present, by the names the training curves use (kl_<type> per attention type)."""
+        named = {"total": self.total, "nll": self.nll, "ls": self.ls, "kd": self.kd, "feature": self.feature,
+                 "word": self.word, "attention": self.attention,
+                 **{f"kl_{name}": kl for name, kl in self.attention_kl.items()}}
+        return {name: float(value.detach()) for name, value in named.items() if value is not None}
 
 
 
@@ -158,13 +182,13 @@ def layer_means(maps: Tensor, heads: int) -> Tensor:
 
 def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
                       aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], *, weights: dict[str, float],
-                      alpha: float, epsilon: float, decay: float) -> dict[str, Tensor]:
+                      alpha: float, epsilon: float, decay: float) -> LossTerms:
     """The A2D loss as the released code computes it (method doc, section 3).
 
     L_word = sum_{non-pad}[(1-alpha)*l_LS + alpha*l_KD] / (B*T_max)   (a mean over padded positions)
     L_att  = decay * sum_k w_k * KL_k, KL_k = flattened_map_kl       (sums over batch and heads;
              the paper's weights are 1, 1/2, 1/2 for encoder self, decoder self, decoder cross)
-    `aligned` holds the AAM output of each enabled type. Returns every term and "total" =
+    `aligned` holds the AAM output of each enabled type. Returns every term, total =
     L_word + L_att; the caller divides the gradient by the number of target tokens, as fairseq does.
     """
     ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
@@ -172,20 +196,18 @@ def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Te
     word = ((1.0 - alpha) * ls + alpha * kd) / target.numel()
     kls = {name: flattened_map_kl(mixed, teacher_maps[name]) for name, mixed in aligned.items()}
     attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    terms = {"total": word + attention, "word": word, "attention": attention, "nll": nll, "ls": ls, "kd": kd}
-    terms.update({f"kl_{name}": kl for name, kl in kls.items()})
-    return terms
+    return LossTerms(total=word + attention, nll=nll, ls=ls, kd=kd, word=word, attention=attention, attention_kl=kls)
 
 
 def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
                        aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], query_masks: dict[str, Tensor],
                        *, weights: dict[str, float], alpha: float, epsilon: float, temperature: float,
-                       decay: float) -> dict[str, Tensor]:
+                       decay: float) -> LossTerms:
     """A2D with row-wise distributions (method doc, section 4); every term a sum over target tokens.
 
     word = sum_{non-pad}[(1-alpha)*l_LS + alpha*tau^2*KL(q_tau || p_tau)]
     att  = decay * sum_k w_k * rowwise_attention_kl_k / C_k   (per row, averaged over teacher channels)
-    The caller divides "total" by the number of target tokens, so no term depends on batch size.
+    The caller divides total by the number of target tokens, so no term depends on batch size.
     `aligned` must come from the normalised AAM (its rows are distributions).
     """
     ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
@@ -194,9 +216,7 @@ def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: T
     kls = {name: rowwise_attention_kl(mixed, teacher_maps[name], query_masks[name]) / mixed.size(1)
            for name, mixed in aligned.items()}
     attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    terms = {"total": word + attention, "word": word, "attention": attention, "nll": nll, "ls": ls, "kd": kd}
-    terms.update({f"kl_{name}": kl for name, kl in kls.items()})
-    return terms
+    return LossTerms(total=word + attention, nll=nll, ls=ls, kd=kd, word=word, attention=attention, attention_kl=kls)
 
 
 def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> list[int]:

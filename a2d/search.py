@@ -16,16 +16,20 @@ from torch import Tensor
 
 from a2d.data import pad
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
+from a2d.settings import Section, setting
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    batch_size: int = 64  # sentences per batch
-    min_len: int = 1  # tokens before EOS at least (fairseq's --min-len); the length limit wins over it
+class SearchConfig(Section):
+    """Beam search for test sets and Seq-KD data (fairseq's length rule and penalty)."""
+
+    beam_size: int = setting(5, "1: greedy", minimum=1)
+    length_penalty: float = setting(1.0, "scores divided by length ** length_penalty")
+    max_len_a: float = setting(1.2, "at most max_len_a * source length + max_len_b tokens", minimum=0)
+    max_len_b: int = setting(10, minimum=1)
+    batch_size: int = setting(64, "sentences per batch", minimum=1)
+    min_len: int = setting(1, "tokens before EOS at least (fairseq's --min-len); the length limit wins over it",
+                           minimum=1)
 
 
 def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:

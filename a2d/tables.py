@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2d.config import base_name
+from a2d.clean import Cleaning
+from a2d.evaluate import EvaluationConfig
 from a2d.files import atomic_path, read_json, write_json
+from a2d.plan import base_name
+from a2d.summary import TrainingSummary
 
 MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method
 METRICS = ("bleu", "chrf")
@@ -33,7 +36,7 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
                figure_paths: list[str] = (), speed_paths: list[str] = (), model_paths: list[str] = (),
                export_paths: list[str] = ()) -> pd.DataFrame:
     """One row per trained run and test set: scores, method, size, decoding speed, p-values against each baseline."""
-    summaries = {s["system"]: s for s in map(read_json, summary_paths)}
+    summaries = {s.system: s for s in map(TrainingSummary.read, summary_paths)}
     speeds = {}  # (run, test set) -> speed; files named <run>.<test set>.speed.json
     for path in speed_paths:
         run, test_set = Path(path).name.removesuffix(".speed.json").split(".", 1)
@@ -58,8 +61,8 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
         speed = speeds.get((run, metrics["test_set"]), {})
         if summary is None:
             raise ValueError(f"no training summary for system {run!r}")
-        rows.append({"system": base_name(run), "run": run, "method": summary["method"],
-                     "parameters": summary["parameters"], "test_set": metrics["test_set"],
+        rows.append({"system": base_name(run), "run": run, "method": summary.method,
+                     "parameters": summary.parameters, "test_set": metrics["test_set"],
                      **{m: metrics[m] for m in METRICS}, "bleu_signature": metrics["bleu_signature"],
                      "chrf_signature": metrics["chrf_signature"],
                      "figures": ";".join(sorted(figures.get(run, []))),
@@ -168,16 +171,17 @@ def provenance(config_json: str) -> dict:
 
 
 def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
-                 figure_paths=(), baselines=(), level: float = 0.05, samples: int = 1000,
-                 config_json: str = "{}", cleaning_path: str | None = None, overlap_warning: float = 0.05,
+                 figure_paths=(), baselines=(), evaluation: EvaluationConfig = EvaluationConfig(),
+                 config_json: str = "{}", cleaning_path: str | None = None, cleaning: Cleaning = Cleaning(),
                  speed_paths=(), model_paths=(), export_paths=()) -> pd.DataFrame:
     """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
+    level, samples = evaluation.significance_level, evaluation.bootstrap_samples
     out = Path(out_dir)
     runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths, speed_paths, model_paths,
                       export_paths)
     table = paper_frame(runs, list(baselines), level)
-    cleaning = read_json(cleaning_path) if cleaning_path else None
-    notes = footnote(runs, list(baselines), level, samples, cleaning, overlap_warning)
+    report = read_json(cleaning_path) if cleaning_path else None
+    notes = footnote(runs, list(baselines), level, samples, report, cleaning.overlap_warning)
     with atomic_path(out / "results.csv") as tmp:
         runs.drop(columns=["figures"]).to_csv(tmp, index=False)
     with atomic_path(out / "results.tex") as tmp:

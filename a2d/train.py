@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -30,11 +30,12 @@ from a2d.config import SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
 from a2d.distill import DistillationModule, teacher_forward
 from a2d.evaluate import corpus_bleu
-from a2d.files import atomic_path, read_lines, write_json
+from a2d.files import atomic_path, read_lines
 from a2d.launch import StopRequest, Stopped, World, check_world
 from a2d.model import Transformer, count_parameters
 from a2d.run import Progress, RunDirectory
 from a2d.search import SearchConfig, translate
+from a2d.summary import EpochRecord, TrainingSummary
 
 
 def log(message: str) -> None:
@@ -299,9 +300,8 @@ class Trainer:
             engine.step()
             update_loss += loss_sum / self.per_update
             update_tokens += batch.target_tokens
-            for name, value in terms.items():
-                per_token = value if name == "nll_per_token" else value / batch.target_tokens
-                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + per_token
+            for name, value in terms.logged().items():
+                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + value / batch.target_tokens
         progress.step += 1
         progress.batches_done += self.per_update
         stats.updates += 1
@@ -337,38 +337,38 @@ class Trainer:
         self.save()
 
     def history_entry(self, stats: EpochStats, bleu: float, epoch_done: bool, elapsed: float) -> dict:
-        """partial: stopped by max_steps inside the epoch (or resumed inside it: then the loss and
-        speed figures cover only the batches since the resume)."""
         micro_batches = max(stats.updates * self.accumulation, 1)
-        terms = {k: round(v / micro_batches, 6) for k, v in stats.term_sums.items() if k != "nll_per_token"}
+        terms = {k: round(v / micro_batches, 6) for k, v in stats.term_sums.items() if k != "nll"}
         tokens = self.world.sum([stats.tokens])[0]
-        return {"epoch": self.progress.epoch, "step": self.progress.step, "valid_bleu": round(bleu, 2),
-                "partial": not epoch_done or stats.updates < self.updates_per_epoch,
-                "train_nll": round(stats.term_sums.get("nll_per_token", 0.0) / micro_batches, 4),
-                "terms_per_token": terms, "lr": self.engine.get_lr()[0],
-                "target_tokens_per_s": round(tokens / max(elapsed, 1e-9), 1)}
+        record = EpochRecord(epoch=self.progress.epoch, step=self.progress.step, valid_bleu=round(bleu, 2),
+                             partial=not epoch_done or stats.updates < self.updates_per_epoch,
+                             train_nll=round(stats.term_sums.get("nll", 0.0) / micro_batches, 4),
+                             terms_per_token=terms, lr=self.engine.get_lr()[0],
+                             target_tokens_per_s=round(tokens / max(elapsed, 1e-9), 1))
+        return asdict(record)  # Progress keeps plain data: it is saved in every checkpoint
 
-    def finish(self) -> dict:
+    def finish(self) -> TrainingSummary:
         """The best weights to `output` and the summary (rank 0); returns the summary."""
         progress = self.progress
-        result = {"system": self.spec.name, "method": self.spec.label, "parameters": self.parameters,
-                  "model": self.model_cfg.to_dict(), "steps": progress.step,
-                  "best_valid_bleu": round(progress.best_bleu, 2), "best_epoch": progress.best_epoch,
-                  "history": progress.history, "run_dir": str(self.run.path), "alignment": progress.best_alignment}
+        summary = TrainingSummary(
+            system=self.spec.name, method=self.spec.label, parameters=self.parameters,
+            model=self.model_cfg.to_dict(), steps=progress.step, best_valid_bleu=round(progress.best_bleu, 2),
+            best_epoch=progress.best_epoch, history=[EpochRecord(**record) for record in progress.history],
+            run_dir=str(self.run.path), alignment=progress.best_alignment)
         if self.world.main:
             with atomic_path(self.files.output) as tmp:
                 shutil.copyfile(self.run.best, tmp)
-            write_json(self.files.summary, result)
+            summary.write(self.files.summary)
             log(f"{self.spec.name}: best valid BLEU {progress.best_bleu:.2f} at epoch {progress.best_epoch}; "
                 f"wrote {self.files.output}")
         self.world.barrier()
-        return result
+        return summary
 
 
 def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
           checkpoint_dir: str, output: str, summary: str, teacher_path: str | None = None,
           threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
-          stop: StopRequest | None = None, progress_bar: bool = True) -> dict:
+          stop: StopRequest | None = None, progress_bar: bool = True) -> TrainingSummary:
     """Train (or resume) one system; writes the best weights to `output` and a JSON `summary`.
 
     Run in each process of a world of `processes` x `nodes` (see a2d.launch); `devices` > 0 checks

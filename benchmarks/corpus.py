@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from a2d.data import encode_corpus, encode_lines, load_sentencepiece, train_sentencepiece
+from a2d.data import SubwordConfig, encode_corpus, encode_lines, load_sentencepiece, train_sentencepiece
 from a2d.files import read_lines, write_lines
 from benchmarks import fairseq
 
@@ -43,8 +43,8 @@ def prepare(data_root: Path, work: Path, vocab_size: int, valid_sentences: int, 
                 write_lines(out, read_lines(path)[:limit])
     spm = work / "spm.model"
     if not spm.exists():
-        train_sentencepiece([str(text / "train.de"), str(text / "train.en")], str(spm), vocab_size, "bpe", seed=1,
-                            threads=2)
+        train_sentencepiece([str(text / "train.de"), str(text / "train.en")], str(spm),
+                            SubwordConfig(vocab_size=vocab_size, model_type="bpe", seed=1), threads=2)
     for split in ("train", "valid"):
         if not (work / f"{split}.safetensors").exists():
             encode_corpus(str(spm), str(spm), str(text / f"{split}.de"), str(text / f"{split}.en"),

@@ -1,15 +1,30 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from a2d.data import encode_corpus, train_sentencepiece
+from a2d.data import SubwordConfig, encode_corpus, train_sentencepiece
 from a2d.files import write_lines
 from a2d.model import ModelConfig, Transformer
 from a2d.synthetic import generate_splits
 
 ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+             "--profile", str(ROOT / "workflow" / "profiles" / "local"), "--cores", "2"]
+
+
+def snakemake(workdir: Path, config: Path | list[Path], *extra: str) -> str:
+    # targets before --configfile, which would take them for more config files; later files are merged in
+    configs = [str(path) for path in (config if isinstance(config, list) else [config])]
+    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile", *configs],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
 
 
@@ -23,7 +38,8 @@ def tiny_corpus(tmp_path_factory) -> dict[str, Path]:
             paths[f"{split}.{side}"] = root / f"{split}.{side}"
             write_lines(paths[f"{split}.{side}"], lines)
     paths["spm"] = root / "spm.model"
-    train_sentencepiece([str(paths["train.src"]), str(paths["train.tgt"])], str(paths["spm"]), 200, "unigram", 1)
+    train_sentencepiece([str(paths["train.src"]), str(paths["train.tgt"])], str(paths["spm"]),
+                        SubwordConfig(vocab_size=200, model_type="unigram", seed=1))
     for split in ("train", "valid"):
         paths[split] = root / f"{split}.safetensors"
         encode_corpus(str(paths["spm"]), str(paths["spm"]), str(paths[f"{split}.src"]), str(paths[f"{split}.tgt"]), str(paths[split]))
@@ -49,3 +65,44 @@ def random_batch(vocab=50, B=3, S=7, T=5, seed=1):
         src[b, S - b:] = PAD_ID
         prev[b, T - b:] = PAD_ID
     return src, prev
+
+
+def training_summary(system: str = "s", method: str = "a2d faithful", parameters: int = 100, alignment=None,
+                     epochs: int = 3):
+    """A TrainingSummary as `train` writes it, with a made-up history (tables and figures read it)."""
+    from a2d.summary import EpochRecord, TrainingSummary
+
+    history = [EpochRecord(epoch=e, step=10 * e, valid_bleu=10.0 * e, partial=False, train_nll=3.0 / e,
+                           terms_per_token={"ls": 3.0 / e, "attention": 0.1 / e}, lr=1e-3, target_tokens_per_s=100.0)
+               for e in range(1, epochs + 1)]
+    return TrainingSummary(system=system, method=method, parameters=parameters, model={}, steps=10 * epochs,
+                           best_valid_bleu=10.0 * epochs, best_epoch=epochs, history=history, run_dir="r",
+                           alignment=alignment or {})
+
+
+def target_batch():
+    """random_batch's tokens as a training Batch: targets are the decoder inputs shifted, then EOS."""
+    from a2d.data import Batch
+    from a2d.model import PAD_ID
+
+    src, prev = random_batch()
+    target = torch.cat([prev[:, 1:], torch.full((3, 1), 3)], dim=1).masked_fill(prev == PAD_ID, PAD_ID)
+    return Batch(src, prev, target, target != PAD_ID)
+
+
+def attention_maps(model, batch):
+    return dict(model(batch.src, batch.prev, return_attention=True).attention.items())
+
+
+def a2d_attention_term(aligned, teacher_maps, batch, logits, normalised: bool):
+    """The attention part of the corrected (normalised AAM) or the faithful A2D loss, paper weights."""
+    from a2d import losses
+    from a2d.model import PAD_ID
+
+    weights = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
+    if not normalised:
+        return losses.a2d_faithful_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps,
+                                        weights=weights, alpha=0.5, epsilon=0.1, decay=1.0).attention
+    query_masks = {"encoder_self": batch.src != PAD_ID, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+    return losses.a2d_corrected_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
+                                     weights=weights, alpha=0.5, epsilon=0.1, temperature=1.0, decay=1.0).attention

@@ -1,150 +1,169 @@
+"""Configuration declared once: every field of every section is settable from YAML and reaches the
+command that uses it unchanged, through the rules' own command lines."""
+
+import dataclasses
 import json
+import shlex
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
-from a2d.config import (ConfigError, SystemSpec, held_out, load_config, results_name, split_datasets, split_spec,
-                        system_spec, systems, validate_config)
+from a2d.cli import parser
+from a2d.config import PER_SYSTEM, SECTIONS, SystemSpec, schema
+from a2d.plan import validate_config
+from a2d.search import SearchConfig
+from a2d.settings import ConfigError, default_of
+from conftest import ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted(p for p in ROOT.glob("config/**/*.yaml") if p.name not in ("datasets.yaml", "smoke.yaml")) + sorted(ROOT.glob("tests/configs/*.yaml"))
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_config_in_the_repository_loads(path):
-    config = load_config(path)
-    spec = system_spec(config, "teacher")
-    assert SystemSpec.from_json(spec.to_json()) == spec
-
-
-def default_config():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+TINY_REAL = ROOT / "tests" / "configs" / "tiny_real.yaml"
+# Where a generic new value cannot work with the shape around it (d_model must divide by heads).
+SPECIAL = {("model", "heads"): 4, ("model", "d_model"): 32}
 
 
-def test_unknown_key_is_an_error_naming_its_place():
-    config = default_config()
-    config["students"]["student_a2d"]["method"]["betta"] = 1.0
-    with pytest.raises(ConfigError, match="students.student_a2d.method"):
-        validate_config(config)
+def other_value(prop: dict, current):
+    """A valid value different from `current`, from the field's own schema."""
+    if "enum" in prop:
+        return next(v for v in prop["enum"] if v != current)
+    kind = prop.get("type") or next(o["type"] for o in prop["anyOf"] if o["type"] != "null")
+    if kind == "boolean":
+        return not current
+    if kind == "integer":
+        value = (current or 0) + 1
+        return value if value <= prop.get("maximum", value) else current - 1
+    if kind == "number":  # smaller, else larger, within the bounds
+        valid = jsonschema.Draft202012Validator(prop).is_valid
+        return next(v for v in (current / 2, current * 1.5) if valid(v)) if current else 0.25
+    if kind == "array":
+        return [item / 2 for item in current]
+    raise AssertionError(f"no value rule for {prop}")
 
 
-def test_impossible_shape_fails_at_config_time():
-    config = default_config()
-    config["students"]["student_nokd"]["model"]["heads"] = 3  # 64 is not divisible by 3
-    with pytest.raises(ConfigError, match="student_nokd.model: d_model 64 is not divisible by heads 3"):
-        validate_config(config)
+def changed_fields(name: str, current: dict):
+    """(field, new value) for every YAML field of section `name`."""
+    cls, _ = SECTIONS[name]
+    defaults = {f.name: default_of(f) for f in dataclasses.fields(cls)}
+    for field_name, prop in cls.schema()["properties"].items():
+        base = current.get(field_name, defaults[field_name])
+        value = SPECIAL.get((name, field_name), other_value(prop, base))
+        jsonschema.validate(value, prop)
+        yield field_name, value
 
 
-def test_mixed_precision_without_zero_fails_at_config_time():
-    config = default_config()
-    config["training"].update(precision="bf16", zero_stage=0)
-    with pytest.raises(ConfigError, match="precision bf16 needs zero_stage 1 or more"):
-        validate_config(config)
-    config["training"]["zero_stage"] = 3
-    validate_config(config)
+def commands(workdir: Path, config: dict) -> list:
+    """Every `python -m a2d` command of the planned DAG, parsed by the CLI itself."""
+    workdir.mkdir()
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    output = snakemake(workdir, path, "--dry-run", "--printshellcmds", "--forceall")
+    parsed = []
+    for line in output.splitlines():
+        if line.strip().startswith("Shell command: python -m a2d "):
+            argv = shlex.split(line.split("python -m a2d ", 1)[1])
+            parsed.append(parser().parse_args(argv[:argv.index("2>")]))
+    assert parsed, output[-2000:]
+    return parsed
 
 
-def test_teacher_cannot_be_distilled():
-    config = default_config()
-    config["teacher"]["method"] = {"name": "a2d"}
-    with pytest.raises(ConfigError, match="teacher"):
-        validate_config(config)
+def test_every_system_field_reaches_the_training_command(tmp_path):
+    """One student per field of model, method and training, each with that one field changed."""
+    config = yaml.safe_load(TINY.read_text())
+    base = config["students"]["student_nokd"]
+    config["students"], expected = {}, {}
+    for name in PER_SYSTEM:
+        current = {**config["training"], **base.get(name, {})} if name == "training" else base.get(name, {})
+        for field_name, value in changed_fields(name, current):
+            student = f"s_{name}_{field_name}"
+            config["students"][student] = {**base, name: {**base.get(name, {}), field_name: value}}
+            expected[student] = (name, field_name, value)
+    trained = {}
+    for args in commands(tmp_path / "w", config):
+        if args.command == "train":
+            spec = SystemSpec.from_json(args.spec)
+            trained[spec.name] = spec
+    for student, (name, field_name, value) in expected.items():
+        spec = trained[student]
+        section = spec.model_config(150) if name == "model" else getattr(spec, name)
+        assert getattr(section, field_name) == value, (student, getattr(section, field_name))
+    assert len(expected) == sum(len(SECTIONS[name][0].schema()["properties"]) for name in PER_SYSTEM)
 
 
-def test_system_training_overrides_shared_defaults():
-    config = default_config()
-    config["students"]["student_nokd"]["training"] = {"lr": 0.01}
-    assert system_spec(config, "student_nokd").training.lr == 0.01
-    assert system_spec(config, "student_a2d").training.lr == config["training"]["lr"]
+def global_sections_changed(config: dict, names: list[str]) -> dict:
+    """Every field of each named section changed at once; returns {section: {field: value}}."""
+    expected = {}
+    for name in names:
+        _, path = SECTIONS[name]
+        holder = config
+        for key in path[:-1]:
+            holder = holder.setdefault(key, {})
+        current = holder.setdefault(path[-1], {})
+        expected[name] = dict(changed_fields(name, current))
+        current.update(expected[name])
+    return expected
 
 
-def test_spec_json_holds_only_non_defaults():
-    """A new option with a default must not change existing specs (Snakemake params, run digests)."""
-    import json
+def test_every_experiment_wide_field_reaches_its_commands(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    expected = global_sections_changed(config, ["decoding", "export", "evaluation", "sentencepiece", "synthetic"])
+    received = {name: [] for name in expected}
+    uses = {"translate": "decoding", "export": "export", "evaluate": "evaluation", "significance": "evaluation",
+            "tables": "evaluation", "train-spm": "sentencepiece", "synthesize": "synthetic"}
+    shards = 0
+    for args in commands(tmp_path / "w", config):
+        if args.command in uses:
+            received[uses[args.command]].append(getattr(args, uses[args.command]))
+        shards += args.command == "shard" and len(args.outputs)
+    for name, fields in expected.items():
+        assert received[name], f"no command received {name}"
+        for section in received[name]:
+            assert {f: getattr(section, f) for f in fields} == fields, name
+    assert shards == config["seq_kd"]["shards"]  # seq_kd is the plan's: the number of shard jobs
 
-    spec = system_spec(default_config(), "student_a2d")
-    stored = json.loads(spec.to_json())
-    assert "relation_heads" not in stored["method"] and stored["method"]["name"] == "a2d"
-    assert SystemSpec.from_json(spec.to_json()) == spec
+
+def test_every_data_field_reaches_the_prepare_and_tables_commands(tmp_path):
+    config = yaml.safe_load(TINY_REAL.read_text())
+    expected = global_sections_changed(config, ["preprocess", "cleaning"])
+    prepared, tabled = [], []
+    for args in commands(tmp_path / "w", config):
+        if args.command == "prepare":
+            prepared.append(json.loads(args.spec))
+        if args.command == "tables":
+            tabled.append(args.cleaning)
+    assert prepared and all(spec["preprocess"] == {**spec["preprocess"], **expected["preprocess"]} for spec in prepared)
+    train = next(spec for spec in prepared if "cleaning" in spec)
+    assert {f: train["cleaning"][f] for f in expected["cleaning"]} == expected["cleaning"]
+    assert [dataclasses.asdict(c) for c in tabled] == [train["cleaning"]]
 
 
-def test_more_seq_kd_shards_than_training_pairs_fails_at_config_time():
-    config = default_config()
-    config["seq_kd"] = {"shards": config["corpus"]["synthetic"]["train"] + 1}
-    with pytest.raises(ConfigError, match="seq_kd.shards"):
-        validate_config(config)
-
-
-def real_config():
-    return yaml.safe_load((ROOT / "config" / "experiments" / "wmt22_de_dsb_cpu.yaml").read_text())
+def test_the_schema_is_made_from_the_section_declarations():
+    defs = schema()["$defs"]
+    for name, (cls, _) in SECTIONS.items():
+        yaml_fields = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
+        assert list(defs[name]["properties"]) == yaml_fields
+    assert defs["decoding"]["properties"]["min_len"] == {"type": "integer", "minimum": 1, "description": (
+        "tokens before EOS at least (fairseq's --min-len); the length limit wins over it")}
+    assert "vocab_size" not in defs["model"]["properties"]  # set from the subword model
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["data"]["train"].append("wmt22_de_dsb/nope"), r"data.train: unknown dataset 'wmt22_de_dsb/nope'"),
-    (lambda c: c["data"].update(target="en"), r"data.train: dataset 'wmt22_de_dsb/train' has no en side"),
-    (lambda c: c["data"]["test"].update(valid=["wmt22_de_dsb/valid2022"]), r"data.test: 'valid' is a reserved"),
-    (lambda c: c["data"]["cleaning"].update(max_ratio=0.5), r"at data.cleaning.max_ratio"),
-    (lambda c: c.update(datasets={"mine": {"xx": {"sha256": "abc"}}}), r"at datasets.mine.xx.sha256: .abc. does not match"),
-    (lambda c: c.update(corpus={"synthetic": {"seed": 1, "train": 1, "valid": 1, "test": 1}}), r"is valid under each"),
+    (lambda c: c["decoding"].update(min_len=0), r"at decoding.min_len: 0 is less than the minimum of 1"),
+    (lambda c: c["decoding"].update(beam=4), r"at decoding: Additional properties are not allowed \('beam'"),
+    (lambda c: c.update(export={"quantization": "int4"}), r"at export.quantization: 'int4' is not one of"),
+    (lambda c: c["training"].update(adam_betas=[0.9, 1.0]), r"at training.adam_betas.1: 1.0 is greater than"),
 ])
-def test_data_section_errors_name_their_place(edit, message):
-    config = real_config()
+def test_bad_values_are_named_by_their_key(edit, message):
+    config = yaml.safe_load(TINY.read_text())
     edit(config)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
 
 
-def test_a_users_own_files_need_no_code(tmp_path):
-    config = real_config()
-    config["datasets"] = {"mine/train": {"de": {"path": "/data/train.de"}, "dsb": {"path": "/data/train.dsb"}}}
-    config["data"]["train"] = ["mine/train"]
-    validate_config(config)
-
-
-def test_seeds_train_every_student_once_per_seed_and_the_teacher_once():
-    from a2d.config import base_name, baselines, systems
-
-    config = real_config()
-    config["seeds"] = [3, 7]
-    assert systems(config) == ["teacher", "student_nokd_seed3", "student_nokd_seed7", "student_word_kd_seed3",
-                               "student_word_kd_seed7", "student_a2d_seed3", "student_a2d_seed7"]
-    assert system_spec(config, "student_a2d_seed7").training.seed == 7
-    assert system_spec(config, "teacher").training.seed == config["training"]["seed"]
-    assert base_name("student_a2d_seed7") == "student_a2d" and base_name("teacher") == "teacher"
-    assert baselines(config) == ["student_nokd", "student_word_kd"]
-    config["seeds"] = [5]  # one seed: names unchanged, that seed used
-    assert systems(config)[1] == "student_nokd" and system_spec(config, "student_nokd").training.seed == 5
-
-
-def tiny_real_config() -> dict:
-    return yaml.safe_load((ROOT / "tests" / "configs" / "tiny_real.yaml").read_text())
-
-
-def test_held_out_splits_and_their_spec():
-    config = tiny_real_config()
-    europarl = ["wmt14/europarl_v7_smoke_test"]
-    config["data"].update(valid={"held_out": 50}, test={"mine": {"held_out": 30}, "europarl_test": europarl})
-    validate_config(config)
-    assert held_out(config) == [("valid", 50), ("mine", 30)]
-    assert split_datasets(config, "valid") == [] and split_datasets(config, "europarl_test") == europarl
-    spec = json.loads(split_spec(config, "train"))
-    assert spec["held_out"] == [["valid", 50], ["mine", 30]] and spec["held_out_seed"] == 1
-    assert "held_out" not in json.loads(split_spec(tiny_real_config(), "train"))  # existing experiments keep their spec
-    config["data"]["valid"] = {"held_out": 0}
-    with pytest.raises(ConfigError, match="at data.valid"):
-        validate_config(config)
-
-
-def test_a_smoke_run_caps_steps_data_and_seeds_and_has_its_own_results():
-    config = {**tiny_real_config(), **yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())}
-    validate_config(config)
-    smoke = config["smoke"]
-    assert results_name(config) == "tiny_real-smoke" and results_name(tiny_real_config()) == "tiny_real"
-    assert systems(config) == ["teacher", "student_nokd", "student_word_kd", "student_a2d"]  # first seed only
-    training = system_spec(config, "student_a2d").training
-    assert (training.max_steps, training.max_epochs, training.seed) == (smoke["max_steps"], smoke["max_steps"], 1)
-    assert json.loads(split_spec(config, "train"))["max_lines"] == smoke["lines"]
-    assert json.loads(split_spec(config, "europarl_test"))["max_lines"] == smoke["eval_lines"]
-    config["data"]["valid"] = {"held_out": 1000}
-    assert held_out(config) == [("valid", smoke["eval_lines"])]
+def test_a_section_is_checked_however_it_is_built():
+    with pytest.raises(ValueError, match="beam_size: 0 is less than the minimum of 1"):
+        SearchConfig(beam_size=0)
+    with pytest.raises(ConfigError, match=r"--decoding: unknown key\(s\) beam; known: batch_size"):
+        SearchConfig.from_json('{"beam": 2}', "--decoding")
+    assert SearchConfig.from_json(SearchConfig(min_len=3).to_json(), "x") == SearchConfig(min_len=3)
+    assert SearchConfig(min_len=3).to_json() == '{"min_len": 3}'  # only what differs from the defaults

@@ -1,13 +1,15 @@
+import dataclasses
+
 import pytest
 
 from a2d.figures import plot_alignment, plot_training
 from a2d.files import InputError, write_json
 
+from conftest import training_summary
+
 
 def summary(alignment):
-    history = [{"epoch": e, "valid_bleu": 10.0 * e, "terms_per_token": {"ls": 3.0 / e, "attention": 0.1 / e}}
-               for e in (1, 2, 3)]
-    return {"system": "s", "method": "a2d faithful", "best_epoch": 3, "history": history, "alignment": alignment}
+    return dataclasses.asdict(training_summary(alignment=alignment))
 
 
 def test_figures_are_written_as_png(tmp_path):

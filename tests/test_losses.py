@@ -1,3 +1,5 @@
+"""Loss functions against hand-computed values and their invariants (method doc, sections 3-6)."""
+
 import math
 
 import pytest
@@ -5,8 +7,8 @@ import torch
 
 from a2d import losses
 from a2d.align import AttentionAlignment
-from a2d.distill import DistillationModule, MethodConfig, teacher_forward
-from conftest import random_batch, tiny_model
+from a2d.model import PAD_ID
+from conftest import a2d_attention_term, attention_maps, target_batch, tiny_model
 
 
 def test_label_smoothed_nll_by_hand():
@@ -91,44 +93,143 @@ def test_faithful_a2d_loss_by_hand():
     terms = losses.a2d_faithful_loss(s_logits, t_logits, target, mask, as_maps(student), as_maps(teacher),
                                      weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
                                      alpha=alpha, epsilon=eps, decay=losses.a2d_decay(1.0, 0.9, 3))
-    assert terms["word"].item() == pytest.approx(word, rel=1e-6)
-    assert terms["attention"].item() == pytest.approx(att, rel=1e-6)
-    assert terms["total"].item() == pytest.approx(word + att, rel=1e-6)
-
-
-def test_aam_maps_student_channels_to_teacher_channels():
-    student, teacher = tiny_model(encoder_layers=1, decoder_layers=2, heads=2), tiny_model(encoder_layers=3, decoder_layers=3, heads=4, d_model=32)
-    src, prev = random_batch()
-    maps = dict(student(src, prev, return_attention=True).attention.items())
-    for normalised in (False, True):
-        aam = AttentionAlignment(student.cfg, teacher.cfg, normalised=normalised)
-        aligned = aam(maps)
-        assert aligned["encoder_self"].shape == (3, 12, 7, 7)
-        assert aligned["decoder_self"].shape == (3, 12, 5, 5)
-        assert aligned["decoder_cross"].shape == (3, 12, 5, 7)
-        assert aam.mixers["encoder_self"].weights.shape == (12, 2)
-    # The normalised mix keeps every row a distribution.
-    torch.testing.assert_close(aligned["decoder_cross"].sum(-1), torch.ones(3, 12, 5))
-
-
-def test_gradients_reach_student_and_aam_not_teacher():
-    from a2d.distill import Batch
-    from a2d.model import PAD_ID
-
-    student, teacher = tiny_model(seed=1, encoder_layers=1, decoder_layers=1), tiny_model(seed=2, heads=4)
-    module = DistillationModule(student, MethodConfig(name="a2d"), teacher.cfg)
-    src, prev = random_batch()
-    target = torch.cat([prev[:, 1:], torch.full((3, 1), 3)], dim=1).masked_fill(prev == PAD_ID, PAD_ID)
-    batch = Batch(src, prev, target, target != PAD_ID)
-    teacher.train()  # even with dropout and grad-enabled parameters, the teacher must get no gradient
-    loss, terms = module(batch, teacher_forward(teacher, batch, module.method), epoch=1, step=1)
-    loss.backward()
-    assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())
-    assert student.encoder_layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
-    assert terms["attention"] > 0 and terms["kd"] > 0
+    assert terms.word.item() == pytest.approx(word, rel=1e-6)
+    assert terms.attention.item() == pytest.approx(att, rel=1e-6)
+    assert terms.total.item() == pytest.approx(word + att, rel=1e-6)
 
 
 def test_a2d_decay():
     assert losses.a2d_decay(1.0, 0.9, 1) == 1.0
     assert losses.a2d_decay(2.0, 0.5, 3) == pytest.approx(0.5)
+
+
+def identity_aligned(maps):
+    """A normalised AAM set to the identity, applied to `maps` (same channel counts)."""
+    model = tiny_model()
+    aam = AttentionAlignment(model.cfg, model.cfg, normalised=True)
+    with torch.no_grad():
+        for mixer in aam.mixers.values():
+            mixer.logits.copy_(1e4 * torch.eye(mixer.logits.size(0)))
+    return aam(maps)
+
+
+def test_word_kd_by_hand():
+    student = torch.tensor([[[0.0, math.log(3.0)]]])  # p = (1/4, 3/4) at tau = 1
+    teacher = torch.tensor([[[math.log(2.0), 0.0]]])  # q = (2/3, 1/3)
+    tau = 2.0
+    p = [math.exp(0.0 / tau), math.exp(math.log(3.0) / tau)]
+    q = [math.exp(math.log(2.0) / tau), math.exp(0.0 / tau)]
+    p, q = [x / sum(p) for x in p], [x / sum(q) for x in q]
+    expected = tau ** 2 * sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+    got = losses.word_kd(student, teacher, torch.tensor([[True]]), tau)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert losses.word_kd(teacher, teacher, torch.tensor([[True]]), tau).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_selective_kd_keeps_the_hardest_tokens():
+    # Student NLL of the gold token: position 0 easy, 1 hard, 2 medium, 3 padding.
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 9.0]]])
+    target = torch.tensor([[0, 0, 0, 0]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert losses.hardest_tokens(logits, target, mask, 1 / 3).tolist() == [[False, True, False, False]]
+    assert losses.hardest_tokens(logits, target, mask, 2 / 3).tolist() == [[False, True, True, False]]
+    assert losses.hardest_tokens(logits, target, mask, 1.0).tolist() == [[True, True, True, False]]
+
+
+def test_every_kl_is_non_negative():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
+        b = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
+        assert losses.flattened_map_kl(a, b) >= 0
+        assert losses.rowwise_attention_kl(a, b, torch.ones(2, 4, dtype=torch.bool)) >= 0
+
+
+def test_corrected_attention_term_is_zero_for_equal_maps_and_identity_aam():
+    batch = target_batch()
+    maps = attention_maps(tiny_model(seed=3), batch)
+    logits = torch.randn(3, 5, 50)
+    assert a2d_attention_term(identity_aligned(maps), maps, batch, logits, normalised=True).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_positions_do_not_change_the_corrected_loss():
+    batch = target_batch()
+    student, teacher = attention_maps(tiny_model(seed=1), batch), attention_maps(tiny_model(seed=2), batch)
+    logits = torch.randn(3, 5, 50)
+    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=True)
+    base = a2d_attention_term(aam(student), teacher, batch, logits, normalised=True)
+    # Scribble over the rows of padded queries, on both sides.
+    rows = {"encoder_self": batch.src == PAD_ID, "decoder_self": ~batch.mask, "decoder_cross": ~batch.mask}
+    scribbled_s = {k: v.masked_fill(rows[k][:, None, :, None], 0.37) for k, v in student.items()}
+    scribbled_t = {k: v.masked_fill(rows[k][:, None, :, None], 0.11) for k, v in teacher.items()}
+    assert rows["encoder_self"].any() and rows["decoder_self"].any()
+    torch.testing.assert_close(a2d_attention_term(aam(scribbled_s), scribbled_t, batch, logits, normalised=True), base)
+
+
+def test_pkd_layer_maps():
+    assert losses.pkd_layer_map(3, 6, "skip") == [1, 3, 5]
+    assert losses.pkd_layer_map(3, 6, "last") == [3, 4, 5]
+    assert losses.pkd_layer_map(1, 6, "skip") == [5]
+    with pytest.raises(ValueError, match="only 2"):
+        losses.pkd_layer_map(3, 2, "skip")
+
+
+def test_pkd_loss_by_hand():
+    # One position, 2-d states: student (3, 4) -> (0.6, 0.8); teacher layer 1 (1, 0).
+    student = [torch.tensor([[[3.0, 4.0]]])]
+    teacher = [torch.tensor([[[0.0, 5.0]]]), torch.tensor([[[2.0, 0.0]]])]
+    mask = torch.tensor([[True]])
+    assert losses.pkd_loss(student, teacher, [1], mask).item() == pytest.approx((0.6 - 1) ** 2 + 0.8 ** 2)
+    assert losses.pkd_loss(student, teacher, [0], mask).item() == pytest.approx(0.6 ** 2 + (0.8 - 1) ** 2)
+    assert losses.pkd_loss([teacher[1] * 7], teacher, [1], mask).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_alp_kd_loss_by_hand():
+    # After the parameter-free LayerNorm: s = (1, 0) -> (1, -1); t1 = (2, 0) -> (1, -1); t2 = (0, 2) -> (-1, 1)
+    # (up to LayerNorm's eps). Weights softmax(s.t / sqrt(2)) = softmax(sqrt(2), -sqrt(2)).
+    s = torch.tensor([[[1.0, 0.0]]])
+    t1, t2 = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]])
+    w1 = math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + math.exp(-math.sqrt(2)))
+    target = 2 * w1 - 1  # the target is target * (1, -1)
+    expected = ((1 - target) ** 2 + (-1 + target) ** 2) / 2  # mean over D = 2
+    got = losses.alp_kd_loss([s], [t1, t2], torch.tensor([[True]]))
+    assert got.item() == pytest.approx(expected, rel=1e-3)
+    # Scale-free: multiplying the states changes nothing.
+    assert losses.alp_kd_loss([s * 40], [t1 * 9, t2 * 9], torch.tensor([[True]])).item() == pytest.approx(got.item(), rel=1e-3)
+
+
+def test_minilm_relations_by_hand_and_invariants():
+    # One relation head, two positions, 1-d vectors: relation row i = softmax(x_i * x_j).
+    x = torch.tensor([[[1.0], [2.0]]])
+    allowed = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    got = losses.relation_log_probs(x, 1, allowed).exp()
+    row0 = [math.exp(1.0), math.exp(2.0)]
+    assert got[0, 0, 0].tolist() == pytest.approx([v / sum(row0) for v in row0], rel=1e-6)
+    causal = torch.ones(2, 2, dtype=torch.bool).tril()
+    assert losses.relation_log_probs(x, 1, causal).exp()[0, 0, 0].tolist() == pytest.approx([1.0, 0.0])
+    # KL is zero for identical vectors, positive otherwise, even when widths differ.
+    g = torch.Generator().manual_seed(0)
+    qkv = tuple(torch.randn(2, 5, 8, generator=g) for _ in range(3))
+    wide = tuple(torch.randn(2, 5, 16, generator=g) for _ in range(3))
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    everything = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    assert losses.minilm_relation_loss(qkv, qkv, 4, everything, rows).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.minilm_relation_loss(qkv, wide, 4, everything, rows).item() > 0
+    assert losses.minilm_relation_loss(qkv, wide, 4, causal.new_ones(5, 5).tril(), rows).item() > 0
+
+
+def test_corrected_a2d_loss_by_hand():
+    """One type, one head, one real query row over 2 keys plus a padded row; C = 1, V = 2."""
+    student = {"decoder_cross": torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])}  # (B=1, C=1, Q=2, K=2)
+    teacher = {"decoder_cross": torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])}
+    query_mask = {"decoder_cross": torch.tensor([[True, False]])}  # the second row is padding
+    logits = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    target, mask = torch.tensor([[1, 0]]), torch.tensor([[True, False]])
+    terms = losses.a2d_corrected_loss(logits, logits, target, mask, student, teacher, query_mask,
+                                      weights={"decoder_cross": 0.5}, alpha=0.5, epsilon=0.0, temperature=1.0,
+                                      decay=0.9)
+    kl_row = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert terms.attention.item() == pytest.approx(0.9 * 0.5 * kl_row, rel=1e-5)
+    nll = -math.log(math.exp(1) / (1 + math.exp(1)))
+    assert terms.word.item() == pytest.approx(0.5 * nll, rel=1e-5)  # KD term is 0: student = teacher
+

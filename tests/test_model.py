@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,9 +58,9 @@ def test_maps_are_stacked_layer_major():
     stacked = model(src, prev, return_attention=True).attention.encoder_self
     mask = (src != PAD_ID)[:, None, None, :]
     x = model.embed(model.source_embedding, src)
-    for l, layer in enumerate(model.encoder_layers):
+    for i, layer in enumerate(model.encoder_layers):
         x, probs = layer(x, mask, return_attention=True)
-        torch.testing.assert_close(stacked[:, 2 * l:2 * l + 2], probs)
+        torch.testing.assert_close(stacked[:, 2 * i:2 * i + 2], probs)
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -105,3 +107,17 @@ def test_activation_dropout_defaults_to_dropout():
     shape = dict(vocab_size=50, encoder_layers=1, decoder_layers=1, d_model=16, heads=2, ffn=32, dropout=0.2)
     assert Transformer(ModelConfig(**shape)).encoder_layers[0].ffn.dropout == 0.2
     assert Transformer(ModelConfig(**shape, activation_dropout=0.0)).decoder_layers[0].ffn.dropout == 0.0
+
+
+def test_self_attention_vectors_match_the_layer():
+    """The re-projected last-layer queries give back that layer's attention map."""
+    for pre_norm in (False, True):
+        model = tiny_model(pre_norm=pre_norm)
+        src, prev = random_batch()
+        out = model(src, prev, return_attention=True, return_hidden=True)
+        q, k, _ = model.self_attention_vectors("encoder", out.hidden.encoder[-2])
+        B, S, D = q.shape
+        split = lambda t: t.view(B, S, 2, D // 2).transpose(1, 2)  # noqa: E731
+        scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(D // 2)
+        scores = scores.masked_fill(~(src != PAD_ID)[:, None, None, :], float("-inf"))
+        torch.testing.assert_close(torch.softmax(scores, -1), out.attention.encoder_self[:, -2:], rtol=1e-4, atol=1e-6)

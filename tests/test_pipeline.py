@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,18 +17,7 @@ from safetensors.torch import load_file
 
 from a2d.checkpoint import tag_order
 
-ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-             "--profile", str(ROOT / "workflow" / "profiles" / "local"), "--cores", "2"]
-
-
-def snakemake(workdir: Path, config: Path | list[Path], *extra: str) -> str:
-    # targets before --configfile, which would take them for more config files; later files are merged in
-    configs = [str(path) for path in (config if isinstance(config, list) else [config])]
-    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile", *configs],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
+from conftest import ROOT, SNAKEMAKE, snakemake
 
 
 def planned_jobs(output: str) -> dict[str, int]:

@@ -1,15 +1,12 @@
-"""Paper-layout tables: mean ± std over seeds, significance marks, LaTeX, provenance; the paired
-bootstrap pairing runs by seed."""
+"""Paper-layout tables: mean ± std over seeds, significance marks, LaTeX, provenance."""
 
 import json
-import random
 
 import pandas as pd
-import pytest
 
-from a2d.evaluate import EvaluationConfig, significance
-from a2d.files import InputError, write_json
+from a2d.files import write_json
 from a2d.tables import write_tables
+from conftest import training_summary
 
 SIG = {"bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}
 
@@ -22,8 +19,7 @@ def results(tmp_path, scores: dict[str, tuple[float, float]], p_values: dict[str
         write_json(metrics[-1], {"system": run, "test_set": "test", "bleu": bleu, "chrf": chrf, **SIG})
         summaries.append(tmp_path / f"{run}.train.json")
         method = {"student_nokd": "none", "student_wkd": "word_kd"}.get(run.split("_seed")[0], "a2d")
-        write_json(summaries[-1], {"system": run, "method": method,
-                                   "parameters": 1000 if run == "teacher" else 100})
+        training_summary(run, method, 1000 if run == "teacher" else 100).write(summaries[-1])
     comparisons = [{"system": run, "baseline": baseline, "baseline_run": baseline + run[-6:], "bleu_p": p, "chrf_p": p}
                    for (run, baseline), p in p_values.items()]
     write_json(tmp_path / "sig.json", {"test_set": "test", "comparisons": comparisons})
@@ -76,26 +72,6 @@ def test_an_evaluation_set_inside_the_training_data_is_flagged_under_the_table(t
     write_tables(metrics, summaries, str(tmp_path / "tables"), cleaning_path=str(tmp_path / "cleaning.json"))
     notes = (tmp_path / "tables" / "results.md").read_text()
     assert "- WARNING: 3 references of test are blank (data.allow_blank_references)" in notes
-
-
-def test_significance_pairs_runs_of_the_same_seed(tmp_path):
-    rng = random.Random(0)
-    words = "the a cat dog sat ran on mat house big small red".split()
-    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(60)]
-    noisy = lambda keep: [" ".join(w if rng.random() < keep else rng.choice(words) for w in r.split()) for r in refs]  # noqa: E731
-    (tmp_path / "ref").write_text("\n".join(refs) + "\n")
-    names = ["teacher", "student_nokd_seed1", "student_nokd_seed2", "student_a2d_seed1", "student_a2d_seed2"]
-    for name, keep in zip(names, (0.9, 0.3, 0.3, 0.9, 0.3)):
-        (tmp_path / name).write_text("\n".join(noisy(keep)) + "\n")
-    rows = significance(names, [str(tmp_path / n) for n in names], str(tmp_path / "ref"), ["student_nokd"],
-                        EvaluationConfig(bootstrap_samples=200))
-    assert [(r["system"], r["baseline_run"]) for r in rows] == [("student_a2d_seed1", "student_nokd_seed1"),
-                                                                ("student_a2d_seed2", "student_nokd_seed2")]
-    assert rows[0]["bleu_p"] < 0.05 < rows[1]["bleu_p"]  # much better vs. equally noisy
-
-    with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
-        significance(names, [str(tmp_path / n) for n in names], str(tmp_path / "ref"), ["student_wkd"],
-                     EvaluationConfig(bootstrap_samples=10))
 
 
 def test_size_and_speed_columns_come_from_the_model_files_and_decoding_reports(tmp_path):

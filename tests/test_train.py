@@ -1,18 +1,15 @@
 import dataclasses
 import json
 import math
-import re
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from a2d.checkpoint import load_model, save_model
+from a2d.checkpoint import load_model
 from a2d.config import SystemSpec, TrainingConfig
 from a2d.distill import MethodConfig
-from a2d.files import InputError
 from a2d.train import train
-from conftest import tiny_model
 
 SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
 
@@ -39,19 +36,19 @@ def test_resume_continues_the_same_run(tiny_corpus, tmp_path):
     straight = run(tiny_corpus, tmp_path, spec(max_steps=7), "a", "a.safetensors")
     first = run(tiny_corpus, tmp_path, spec(max_steps=3), "b", "b.safetensors")
     resumed = run(tiny_corpus, tmp_path, spec(max_steps=7), "b", "b.safetensors")
-    assert first["steps"] == 3 and resumed["steps"] == straight["steps"] == 7
-    assert resumed["run_dir"] == first["run_dir"]  # a longer budget continues the same run
+    assert first.steps == 3 and resumed.steps == straight.steps == 7
+    assert resumed.run_dir == first.run_dir  # a longer budget continues the same run
     a, b = final_weights(tmp_path / "a", 7), final_weights(tmp_path / "b", 7)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
-    assert straight["history"][-1]["valid_bleu"] == resumed["history"][-1]["valid_bleu"]
+    assert straight.history[-1].valid_bleu == resumed.history[-1].valid_bleu
 
 
 def test_changed_spec_starts_a_new_run(tiny_corpus, tmp_path):
     first = run(tiny_corpus, tmp_path, spec(max_steps=2), "c", "c.safetensors")
     other = run(tiny_corpus, tmp_path, spec(max_steps=2, lr=1e-3), "c", "c.safetensors")
-    assert other["run_dir"] != first["run_dir"] and other["steps"] == 2
+    assert other["run_dir"] != first.run_dir and other["steps"] == 2
 
 
 def test_distillation_exports_student_without_aam(tiny_corpus, tmp_path):
@@ -62,50 +59,16 @@ def test_distillation_exports_student_without_aam(tiny_corpus, tmp_path):
     weights = load_file(tmp_path / "student.safetensors")
     assert not any("alignment" in k for k in weights)
     model = load_model(tmp_path / "student.safetensors")
-    assert model.cfg.encoder_layers == 1 and student["parameters"] < teacher["parameters"]
+    assert model.cfg.encoder_layers == 1 and student.parameters < teacher.parameters
     summary = json.loads((tmp_path / "student.safetensors.json").read_text())
     assert summary["method"] == "a2d faithful" and summary["steps"] == 2
-
-
-def test_model_loading_is_strict(tmp_path):
-    model = tiny_model()
-    path = tmp_path / "m.safetensors"
-    save_model(path, model)
-    torch.testing.assert_close(load_model(path).state_dict(), model.state_dict())
-    state = load_file(path)
-    state["unexpected.weight"] = torch.zeros(1)
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    save_file(state, str(tmp_path / "extra.safetensors"), metadata=metadata)
-    with pytest.raises(InputError, match=r"extra.safetensors: its tensors do not fit .*: unexpected unexpected.weight"):
-        load_model(tmp_path / "extra.safetensors")
-    name = next(iter(state))
-    wrong = {k: v for k, v in load_file(path).items() if k != name}
-    save_file(wrong, str(tmp_path / "missing.safetensors"), metadata=metadata)
-    with pytest.raises(InputError, match=rf"missing.safetensors: .*: missing {re.escape(name)}$"):
-        load_model(tmp_path / "missing.safetensors")
-    wrong[name] = torch.zeros(2, 3)
-    save_file(wrong, str(tmp_path / "shape.safetensors"), metadata=metadata)
-    with pytest.raises(InputError, match=rf"shape.safetensors: .*: {re.escape(name)} is \(2, 3\), the model needs"):
-        load_model(tmp_path / "shape.safetensors")
-    save_file({k: v for k, v in load_file(path).items()}, str(tmp_path / "nometa.safetensors"))
-    with pytest.raises(InputError, match="nometa.safetensors: not an a2d model"):
-        load_model(tmp_path / "nometa.safetensors")
-    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(InputError, match=r"cut.safetensors: not a readable safetensors file \(.*\); a truncated copy"):
-        load_model(tmp_path / "cut.safetensors")
-    save_file(load_file(path), str(tmp_path / "badmeta.safetensors"), metadata={"model_config": '{"layers": 3}'})
-    with pytest.raises(InputError, match=r"badmeta.safetensors: its model_config does not describe an a2d model"):
-        load_model(tmp_path / "badmeta.safetensors")
 
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_other_zero_stages_train_and_resume(tiny_corpus, tmp_path, stage):
     first = run(tiny_corpus, tmp_path, spec(max_steps=2, zero_stage=stage), "z", "z.safetensors")
     resumed = run(tiny_corpus, tmp_path, spec(max_steps=3, zero_stage=stage), "z", "z.safetensors")
-    assert first["steps"] == 2 and resumed["steps"] == 3 and resumed["run_dir"] == first["run_dir"]
+    assert first.steps == 2 and resumed.steps == 3 and resumed.run_dir == first.run_dir
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp_path, capfd):
@@ -125,7 +88,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_corpus, t
     resumed = run(tiny_corpus, tmp_path, spec(max_steps=6, keep_checkpoints=3), "c", "c.safetensors")
     err = capfd.readouterr().err
     assert f"WARNING: skipping checkpoint {newest}" in err and "corrupt" in err
-    assert f"resumed from {run_dir / previous} (epoch 1, step 4)" in err and resumed["steps"] == 6
+    assert f"resumed from {run_dir / previous} (epoch 1, step 4)" in err and resumed.steps == 6
     assert (run_dir / f"{newest}.skipped").is_dir()
     a, b = final_weights(tmp_path / "straight", 6), final_weights(tmp_path / "c", 6)
     for name in a:
@@ -189,6 +152,6 @@ def test_every_method_trains_under_zero3(tiny_corpus, tmp_path, zero3_teacher, m
                          TrainingConfig(max_tokens=400, max_steps=3, lr=2e-3, warmup_steps=5, patience=0, seed=3,
                                         zero_stage=3))
     result = run(tiny_corpus, tmp_path, student, "s", "s.safetensors", teacher=zero3_teacher)
-    assert result["steps"] == 3 and result["parameters"] > 0
+    assert result.steps == 3 and result.parameters > 0
     assert load_model(tmp_path / "s.safetensors").cfg.encoder_layers == 1
-    assert all(math.isfinite(h["train_nll"]) for h in result["history"])
+    assert all(math.isfinite(h.train_nll) for h in result.history)

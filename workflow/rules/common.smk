@@ -1,9 +1,11 @@
 import json
+import os
 import re
 
-from a2d.config import (baselines, cleaning_config, config_source, evaluation_config, held_out, results_name, search_config, seq_kd_config,
-                        split_datasets, split_spec, system_spec, systems, test_sets, validate_config)
+from a2d.config import section
 from a2d.datasets import mirror_dir, registry
+from a2d.plan import (baselines, config_source, held_out, results_name, split_datasets, split_spec, system_spec, systems,
+                      test_sets, validate_config)
 
 # Structure against workflow/schemas/config.schema.yaml, then values (every system's shape); errors
 # name the config file(s) and the key.
@@ -23,19 +25,18 @@ if REAL_DATA:
     MIRROR = mirror_dir(config) or ""
     DATASETS = sorted({d for split in ["train", "valid", *TEST_SETS] for d in split_datasets(config, split)})
 # One SentencePiece model for both languages, or one per language (the De->Dsb recipe).
-JOINT_SPM = config["sentencepiece"].get("joint", True)
+JOINT_SPM = section(config, "sentencepiece").joint
 SRC_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'src'}.model"
 TGT_SPM = f"{RESULTS}/spm/{'joint' if JOINT_SPM else 'tgt'}.model"
-DECODING = search_config(config)
-EXPORT_QUANTIZATION = config.get("export", {}).get("quantization", "int8")
+# Settings reach a command one way: its config section as JSON (a2d.settings.Section.to_json).
+DECODING = section(config, "decoding").to_json()
+EXPORT = section(config, "export").to_json()
+EVALUATION = section(config, "evaluation").to_json()
+CLEANING = section(config, "cleaning").to_json()
+SUBWORDS = section(config, "sentencepiece").to_json()
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
-SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(seq_kd_config(config).shards)]
-EVALUATION = evaluation_config(config)
-# sacrebleu options shared by scoring and significance tests
-SCORING_FLAGS = ["--tokenize", EVALUATION.tokenize] + (["--lowercase"] if EVALUATION.lowercase else [])
-BOOTSTRAP_FLAGS = ["--samples", str(EVALUATION.bootstrap_samples)]
+SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(section(config, "seq_kd").shards)]
 BASELINES = baselines(config)
-OVERLAP_WARNING = cleaning_config(config).overlap_warning
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:
@@ -75,6 +76,28 @@ def raw_files(split, lang):
     return [f"{RESULTS}/raw/{name}.{lang}" for name in split_datasets(config, split)]
 
 
+def eval_sources(wildcards):
+    return raw_files(wildcards.eval_split, LANGS[0])
+
+
+def eval_targets(wildcards):
+    return raw_files(wildcards.eval_split, LANGS[1])
+
+
+def eval_split_spec(wildcards):
+    return split_spec(config, wildcards.eval_split)
+
+
+def train_split_spec(wildcards):
+    """A callable rather than a string: braces in the spec are not wildcards."""
+    return split_spec(config, "train")
+
+
+def registry_side(wildcards):
+    """The registry entry of one side of a dataset, as `fetch` takes it."""
+    return json.dumps(REGISTRY[wildcards.dataset][wildcards.lang], sort_keys=True)
+
+
 def own_file(wildcards):
     """A user's own file (`path:`) is an input, so editing it re-fetches; registry downloads are not."""
     side = REGISTRY[wildcards.dataset][wildcards.lang]
@@ -86,10 +109,19 @@ def spm_inputs(wildcards):
     return [f"{RESULTS}/corpus/train.{side}" for side in sides]
 
 
-def provenance_config():
+def provenance_json(wildcards):
     """The resolved experiment for provenance: the config, every system's full spec, and the
     registry entries of the datasets used."""
     resolved = {"config": config, "systems": {name: json.loads(system_spec(config, name).to_json()) for name in SYSTEMS}}
     if REAL_DATA:
         resolved["datasets"] = {name: REGISTRY[name] for name in DATASETS}
-    return resolved
+    return json.dumps(resolved, sort_keys=True)
+
+
+def output_dir(wildcards, output):
+    """The directory of a rule's first output (a command that writes several files there)."""
+    return os.path.dirname(output[0])
+
+
+def cleaning_report_flag(wildcards, input):
+    return ["--cleaning-report", input.cleaning[0]] if input.cleaning else []

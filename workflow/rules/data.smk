@@ -4,18 +4,14 @@ if not REAL_DATA:
         output:
             expand(f"{RESULTS}/corpus/{{split}}.{{side}}", split=["train", "valid", "test"], side=["src", "tgt"]),
         params:
-            seed=config["corpus"]["synthetic"]["seed"],
-            train=config["corpus"]["synthetic"]["train"],
-            valid=config["corpus"]["synthetic"]["valid"],
-            test=config["corpus"]["synthetic"]["test"],
-            out_dir=f"{RESULTS}/corpus",
+            synthetic=section(config, "synthetic").to_json(),
+            out_dir=output_dir,
         log:
             f"{LOGS}/synthesize_corpus.log",
         benchmark:
             f"{RESULTS}/benchmarks/synthesize_corpus.tsv"
         shell:
-            "python -m a2d synthesize --seed {params.seed:q} --train {params.train:q} --valid {params.valid:q}"
-            " --test {params.test:q} --out-dir {params.out_dir:q} 2> {log:q}"
+            "python -m a2d synthesize --synthetic {params.synthetic:q} --out-dir {params.out_dir:q} 2> {log:q}"
 
 
 if REAL_DATA:
@@ -27,7 +23,7 @@ if REAL_DATA:
         output:
             f"{RESULTS}/raw/{{dataset}}.{{lang}}",
         params:
-            side=lambda wildcards: json.dumps(REGISTRY[wildcards.dataset][wildcards.lang], sort_keys=True),
+            side=registry_side,
         wildcard_constraints:
             dataset="|".join(map(re.escape, DATASETS)),
             lang="|".join(map(re.escape, LANGS)),
@@ -42,13 +38,13 @@ if REAL_DATA:
     rule prepare_eval:
         """A validation or test set: concatenated, preprocessed like the training data, never filtered."""
         input:
-            src=lambda wildcards: raw_files(wildcards.eval_split, LANGS[0]),
-            tgt=lambda wildcards: raw_files(wildcards.eval_split, LANGS[1]),
+            src=eval_sources,
+            tgt=eval_targets,
         output:
             src=f"{RESULTS}/corpus/{{eval_split}}.src",
             tgt=f"{RESULTS}/corpus/{{eval_split}}.tgt",
         params:
-            spec=lambda wildcards: split_spec(config, wildcards.eval_split),
+            spec=eval_split_spec,
         log:
             f"{LOGS}/prepare/{{eval_split}}.log",
         benchmark:
@@ -72,7 +68,7 @@ if REAL_DATA:
             held_out_src=expand(f"{RESULTS}/corpus/{{split}}.src", split=HELD_OUT),
             held_out_tgt=expand(f"{RESULTS}/corpus/{{split}}.tgt", split=HELD_OUT),
         params:
-            spec=lambda wildcards: split_spec(config, "train"),  # a callable: braces in it are not wildcards
+            spec=train_split_spec,
             eval_names=FROM_DATASETS,
         log:
             f"{LOGS}/prepare/train.log",
@@ -92,9 +88,7 @@ rule train_sentencepiece:
     output:
         model=f"{RESULTS}/spm/{{spm_name}}.model",
     params:
-        vocab_size=config["sentencepiece"]["vocab_size"],
-        model_type=config["sentencepiece"]["model_type"],
-        seed=config["sentencepiece"]["seed"],
+        sentencepiece=SUBWORDS,
     log:
         f"{LOGS}/train_sentencepiece/{{spm_name}}.log",
     benchmark:
@@ -102,8 +96,7 @@ rule train_sentencepiece:
     threads: 2
     shell:
         "python -m a2d train-spm --input {input:q} --model {output.model:q}"
-        " --vocab-size {params.vocab_size:q} --model-type {params.model_type:q} --seed {params.seed:q}"
-        " --threads {threads} 2> {log:q}"
+        " --sentencepiece {params.sentencepiece:q} --threads {threads} 2> {log:q}"
 
 
 rule encode:

@@ -8,9 +8,9 @@ rule export:
     output:
         directory(f"{RESULTS}/deploy/{{system}}.ct2"),
     params:
-        quantization=EXPORT_QUANTIZATION,
+        export=EXPORT,
     log:
         f"{LOGS}/export/{{system}}.log",
     shell:
         "python -m a2d export --model {input.model:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q}"
-        " --quantization {params.quantization:q} --output {output:q} 2> {log:q}"
+        " --export {params.export:q} --output {output:q} 2> {log:q}"

@@ -9,20 +9,14 @@ rule translate:
         text=f"{RESULTS}/translations/{{system}}.{{source}}.txt",
         speed=f"{RESULTS}/translations/{{system}}.{{source}}.speed.json",
     params:
-        beam_size=DECODING.beam_size,
-        length_penalty=DECODING.length_penalty,
-        max_len_a=DECODING.max_len_a,
-        max_len_b=DECODING.max_len_b,
-        batch_size=DECODING.batch_size,
+        decoding=DECODING,
     log:
         f"{LOGS}/translate/{{system}}.{{source}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/translate/{{system}}.{{source}}.tsv"
     shell:
         "python -m a2d translate --model {input.model:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} --input {input.src:q}"
-        " --output {output.text:q} --speed {output.speed:q} --beam-size {params.beam_size:q} --length-penalty {params.length_penalty:q}"
-        " --max-len-a {params.max_len_a:q} --max-len-b {params.max_len_b:q} --batch-size {params.batch_size:q}"
-        " --threads {threads} 2> {log:q}"
+        " --output {output.text:q} --speed {output.speed:q} --decoding {params.decoding:q} --threads {threads} 2> {log:q}"
 
 
 rule evaluate:
@@ -32,14 +26,14 @@ rule evaluate:
     output:
         f"{RESULTS}/metrics/{{system}}.{{test_set}}.json",
     params:
-        scoring=SCORING_FLAGS,
+        evaluation=EVALUATION,
     log:
         f"{LOGS}/evaluate/{{system}}.{{test_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{system}}.{{test_set}}.tsv"
     shell:
         "python -m a2d evaluate --hyp {input.hyp:q} --ref {input.ref:q} --system {wildcards.system:q}"
-        " --test-set {wildcards.test_set:q} {params.scoring:q} --output {output:q} 2> {log:q}"
+        " --test-set {wildcards.test_set:q} --evaluation {params.evaluation:q} --output {output:q} 2> {log:q}"
 
 
 rule significance:
@@ -52,14 +46,15 @@ rule significance:
     params:
         systems=SYSTEMS,
         baselines=BASELINES,
-        scoring=SCORING_FLAGS + BOOTSTRAP_FLAGS,
+        evaluation=EVALUATION,
     log:
         f"{LOGS}/significance/{{test_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/significance/{{test_set}}.tsv"
     shell:
         "python -m a2d significance --ref {input.ref:q} --test-set {wildcards.test_set:q} --systems {params.systems:q}"
-        " --hyps {input.hyps:q} --baselines {params.baselines:q} {params.scoring:q} --output {output:q} 2> {log:q}"
+        " --hyps {input.hyps:q} --baselines {params.baselines:q} --evaluation {params.evaluation:q} --output {output:q}"
+        " 2> {log:q}"
 
 
 rule plot_training:
@@ -103,21 +98,20 @@ rule tables:
         latex=f"{RESULTS}/tables/results.tex",
         provenance=f"{RESULTS}/tables/provenance.json",
     params:
-        out_dir=f"{RESULTS}/tables",
+        out_dir=output_dir,
         baselines=BASELINES,
-        level=EVALUATION.significance_level,
-        samples=EVALUATION.bootstrap_samples,
-        config=lambda wildcards: json.dumps(provenance_config(), sort_keys=True),
-        cleaning=lambda wildcards, input: ["--cleaning-report", input.cleaning[0]] if input.cleaning else [],
-        overlap_warning=OVERLAP_WARNING,
+        evaluation=EVALUATION,
+        config=provenance_json,
+        cleaning_report=cleaning_report_flag,
+        cleaning=CLEANING,
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/tables.tsv"
     shell:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
-        " --significance {input.significance:q} --baselines {params.baselines:q} --level {params.level:q}"
-        " --samples {params.samples:q} --config {params.config:q} --figures {input.figures:q}"
+        " --significance {input.significance:q} --baselines {params.baselines:q} --evaluation {params.evaluation:q}"
+        " --config {params.config:q} --figures {input.figures:q}"
         " --speeds {input.speeds:q} --models {input.models:q} --exports {input.exports:q}"
-        " {params.cleaning:q} --overlap-warning {params.overlap_warning:q}"
+        " {params.cleaning_report:q} --cleaning {params.cleaning:q}"
         " --out-dir {params.out_dir:q} 2> {log:q}"

@@ -1,0 +1,101 @@
+"""What the engine trains (DistillationModule): every method's terms, gradients reaching the student
+and the training-only parts but never the teacher, the method's own checks."""
+
+import pytest
+import torch
+
+from a2d.distill import DistillationModule, MethodConfig, teacher_forward
+from conftest import attention_maps, target_batch, tiny_model
+
+
+def test_layerwise_a2d_equals_a2d_on_per_layer_means():
+    batch = target_batch()
+    student_model, teacher_model = tiny_model(seed=1, heads=2), tiny_model(seed=2, heads=4, d_model=32)
+    method = MethodConfig(name="a2d", layerwise=True)
+    module = DistillationModule(student_model, method, teacher_model.cfg)
+    aligned, teacher_maps = module.aligned_maps(student_model(batch.src, batch.prev, return_attention=True),
+                                                teacher_model(batch.src, batch.prev, return_attention=True))
+    # The same, by hand: per-layer means, then the layer-level mixers.
+    s, t = attention_maps(student_model, batch), attention_maps(teacher_model, batch)
+    for name in aligned:
+        means_s = s[name].view(3, 2, 2, *s[name].shape[2:]).mean(2)
+        means_t = t[name].view(3, 2, 4, *t[name].shape[2:]).mean(2)
+        torch.testing.assert_close(teacher_maps[name], means_t)
+        torch.testing.assert_close(aligned[name], module.alignment.mixers[name](means_s))
+        assert aligned[name].shape[1] == 2  # teacher layers
+
+
+@pytest.mark.parametrize("method", [
+    MethodConfig(name="word_kd", temperature=2.0),
+    MethodConfig(name="selective_kd", selective_fraction=0.5),
+    MethodConfig(name="a2d"),
+    MethodConfig(name="a2d", a2d_mode="corrected", decay_every="step", gamma=0.99),
+    MethodConfig(name="a2d", layerwise=True),
+    MethodConfig(name="a2d", decoder_self=0.0, decoder_cross=0.0),  # encoder-only
+    MethodConfig(name="pkd", pkd_mapping="skip"),
+    MethodConfig(name="alp_kd"),
+    MethodConfig(name="minilm", relation_heads=4),
+], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only", "pkd",
+        "alp_kd", "minilm"])
+def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
+    student = tiny_model(seed=1, encoder_layers=1, decoder_layers=1)
+    teacher = tiny_model(seed=2, heads=4, d_model=32, ffn=64)  # wider: feature methods need a projection
+    module = DistillationModule(student, method, teacher.cfg)
+    batch = target_batch()
+    teacher.train()
+    loss, terms = module(batch, teacher_forward(teacher, batch, method), epoch=2, step=5)
+    loss.backward()
+    assert torch.isfinite(loss) and terms.kd > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.decoder_layers[0].ffn.fc1.weight.grad.abs().sum() > 0
+    if module.alignment is not None:
+        assert set(module.alignment.mixers) == set(method.attention_types)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.alignment.parameters())
+    if method.needs_hidden:
+        assert terms.feature > 0
+    if method.name in ("pkd", "alp_kd"):
+        assert module.projection.weight.grad.abs().sum() > 0
+
+
+def test_invalid_method_settings_are_refused():
+    with pytest.raises(ValueError, match="at least one attention type"):
+        MethodConfig(name="a2d", encoder_self=0, decoder_self=0, decoder_cross=0)
+    with pytest.raises(ValueError, match="a2d_mode"):
+        MethodConfig(name="a2d", a2d_mode="fixed")
+    with pytest.raises(ValueError, match="selective_fraction"):
+        MethodConfig(name="selective_kd", selective_fraction=0)
+
+
+def test_pkd_student_deeper_than_teacher_fails_at_config_time():
+    from pathlib import Path
+
+    import yaml
+
+    from a2d.plan import validate_config
+    from a2d.settings import ConfigError
+
+    config = yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text())
+    config["students"]["deep"] = {"model": {"encoder_layers": 3, "decoder_layers": 1, "d_model": 16, "heads": 2},
+                                  "method": {"name": "pkd"}}
+    with pytest.raises(ConfigError, match="students.deep.method: pkd: PKD maps each of 3 student layers .* only 2"):
+        validate_config(config)
+
+
+def test_decay_follows_the_configured_unit():
+    batch = target_batch()
+    student, teacher = tiny_model(seed=1, encoder_layers=1, decoder_layers=1), tiny_model(seed=2)
+    for unit, changes_with in (("epoch", "epoch"), ("step", "step")):
+        torch.manual_seed(0)
+        module = DistillationModule(student, MethodConfig(name="a2d", gamma=0.5, decay_every=unit), teacher.cfg)
+        out = teacher_forward(teacher, batch, module.method)
+        base = module(batch, out, epoch=1, step=1)[1].attention.item()
+        later_epoch = module(batch, out, epoch=3, step=1)[1].attention.item()
+        later_step = module(batch, out, epoch=1, step=3)[1].attention.item()
+        moved, kept = (later_epoch, later_step) if changes_with == "epoch" else (later_step, later_epoch)
+        assert moved == pytest.approx(base * 0.25, rel=1e-5) and kept == pytest.approx(base, rel=1e-6)
+
+
+def test_faithful_a2d_refuses_a_temperature():
+    with pytest.raises(ValueError, match="faithful A2D has no temperature"):
+        MethodConfig(name="a2d", temperature=2.0)
+    MethodConfig(name="a2d", a2d_mode="corrected", temperature=2.0)

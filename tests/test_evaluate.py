@@ -1,0 +1,51 @@
+"""Scoring (sacrebleu's BLEU and chrF with signatures) and the paired tests between runs."""
+
+import random
+
+import pytest
+
+from a2d.evaluate import EvaluationConfig, score_files, significance
+from a2d.files import InputError
+from a2d.plan import seed_pairs
+
+
+def write(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_scores_carry_their_signatures_and_follow_the_settings(tmp_path):
+    ref = write(tmp_path / "ref", ["The cat sat on the mat .", "A dog ran ."])
+    exact = score_files(write(tmp_path / "same", ["The cat sat on the mat .", "A dog ran ."]), ref)
+    assert exact["bleu"] == 100.0 and exact["chrf"] == 100.0 and exact["sentences"] == 2
+    assert "tok:13a" in exact["bleu_signature"] and "case:mixed" in exact["bleu_signature"]
+    shouted = write(tmp_path / "upper", ["THE CAT SAT ON THE MAT .", "A DOG RAN ."])
+    assert score_files(shouted, ref)["bleu"] < 10
+    folded = score_files(shouted, ref, EvaluationConfig(lowercase=True))
+    assert folded["bleu"] == 100.0 and "case:lc" in folded["bleu_signature"]
+    assert "tok:none" in score_files(shouted, ref, EvaluationConfig(tokenize="none"))["bleu_signature"]
+
+
+def test_a_hypothesis_file_of_another_length_names_both_files(tmp_path):
+    ref = write(tmp_path / "ref", ["a b", "c d"])
+    with pytest.raises(InputError, match=r"hyp has 1 lines but the reference .*ref has 2"):
+        score_files(write(tmp_path / "hyp", ["a b"]), ref)
+
+
+def test_significance_pairs_runs_of_the_same_seed(tmp_path):
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on mat house big small red".split()
+    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(60)]
+    noisy = lambda keep: [" ".join(w if rng.random() < keep else rng.choice(words) for w in r.split()) for r in refs]  # noqa: E731
+    ref = write(tmp_path / "ref", refs)
+    names = ["teacher", "student_nokd_seed1", "student_nokd_seed2", "student_a2d_seed1", "student_a2d_seed2"]
+    hyps = {name: write(tmp_path / name, noisy(keep)) for name, keep in zip(names, (0.9, 0.3, 0.3, 0.9, 0.3))}
+    pairs = seed_pairs(names, ["student_nokd"])
+    assert pairs == [("student_nokd", "student_nokd_seed1", ["student_a2d_seed1"]),
+                     ("student_nokd", "student_nokd_seed2", ["student_a2d_seed2"])]
+    rows = significance(hyps, ref, pairs, EvaluationConfig(bootstrap_samples=200))
+    assert [(r["system"], r["baseline_run"]) for r in rows] == [("student_a2d_seed1", "student_nokd_seed1"),
+                                                                ("student_a2d_seed2", "student_nokd_seed2")]
+    assert rows[0]["bleu_p"] < 0.05 < rows[1]["bleu_p"]  # much better vs. equally noisy
+    with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
+        seed_pairs(names, ["student_wkd"])
