@@ -18,7 +18,7 @@ class Preprocess(Section):
     """Moses tokenisation and lowercasing, as the IWSLT'14 recipe; every split alike."""
 
     moses: bool = setting(False, "Moses-tokenise (sacremoses, with its default escaping, like tokenizer.perl)")
-    lowercase: bool = setting(False)
+    lowercase: bool = setting(False, "lowercase every split")
 
 
 @dataclass(frozen=True)

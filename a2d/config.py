@@ -9,6 +9,7 @@ declared once, in its dataclass. The experiment plan (systems, seeds, splits) is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -23,7 +24,7 @@ from a2d.evaluate import EvaluationConfig
 from a2d.export import ExportConfig
 from a2d.model import ModelConfig
 from a2d.search import SearchConfig
-from a2d.settings import ConfigError, Section, setting
+from a2d.settings import ConfigError, Section, default_of, setting
 from a2d.synthetic import SyntheticCorpus
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -33,17 +34,17 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 class TrainingConfig(Section):
     """Optimisation and checkpointing (every system; a system's own block overrides the top-level one)."""
 
-    seed: int = setting(1)
+    seed: int = setting(1, "initial weights, data order and dropout")
     max_tokens: int = setting(4096, "padded tokens per batch and side", minimum=1)
-    max_epochs: int = setting(100, minimum=1)
+    max_epochs: int = setting(100, "epochs at most", minimum=1)
     max_steps: int = setting(0, "0: no cap", minimum=0)
     patience: int = setting(10, "stop after this many epochs without a better validation BLEU; 0: never", minimum=0)
-    lr: float = setting(5e-4, exclusiveMinimum=0)
-    warmup_steps: int = setting(4000, minimum=0)
-    warmup_init_lr: float = setting(1e-7, minimum=0)
-    adam_betas: list[float] = setting([0.9, 0.98], minItems=2, maxItems=2,
+    lr: float = setting(5e-4, "peak learning rate (inverse square root schedule)", exclusiveMinimum=0)
+    warmup_steps: int = setting(4000, "linear warm-up updates", minimum=0)
+    warmup_init_lr: float = setting(1e-7, "learning rate at update 0", minimum=0)
+    adam_betas: list[float] = setting([0.9, 0.98], "AdamW", minItems=2, maxItems=2,
                                       items={"minimum": 0, "exclusiveMaximum": 1})
-    adam_eps: float = setting(1e-8, exclusiveMinimum=0)
+    adam_eps: float = setting(1e-8, "AdamW", exclusiveMinimum=0)
     weight_decay: float = setting(1e-4, "decoupled (AdamW)", minimum=0)
     clip_norm: float = setting(0.0, "0: no clipping", minimum=0)
     zero_stage: int = setting(1, "DeepSpeed ZeRO: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters sharded",
@@ -52,10 +53,10 @@ class TrainingConfig(Section):
                              enum=["fp32", "bf16", "fp16"])
     batches_per_update: int = setting(0, "token batches per optimizer update over all processes; 0: one per process",
                                       minimum=0)
-    save_every_steps: int = setting(1000, minimum=1)
-    keep_checkpoints: int = setting(2, minimum=1)
+    save_every_steps: int = setting(1000, "periodic checkpoint, besides one per epoch and on a stop signal", minimum=1)
+    keep_checkpoints: int = setting(2, "sealed checkpoints kept", minimum=1)
     valid_max_len_a: float = setting(1.2, "greedy decoding of the validation set", minimum=0)
-    valid_max_len_b: int = setting(10, minimum=1)
+    valid_max_len_b: int = setting(10, "see valid_max_len_a", minimum=1)
 
     def check(self):
         if self.precision != "fp32" and self.zero_stage == 0:
@@ -144,3 +145,32 @@ class SystemSpec:
     def model_config(self, vocab_size: int, src_vocab_size: int | None = None, where: str = "") -> ModelConfig:
         return ModelConfig.build({**self.model, "vocab_size": vocab_size, "src_vocab_size": src_vocab_size},
                                  where or f"{self.name}.model")
+
+
+def reference() -> str:
+    """Every section's settings as markdown tables (docs/configuration.md holds this text)."""
+    lines = []
+    for name, (cls, path) in SECTIONS.items():
+        where = "teacher / students.<name> / training" if name == "training" else (
+            f"teacher / students.<name>.{name}" if name in PER_SYSTEM else ".".join(path))
+        lines += [f"### `{name}`: {where}", "", cls.schema()["description"], "",
+                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        for field_name, prop in cls.schema()["properties"].items():
+            default = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+            lines.append(f"| `{field_name}` | {type_words(prop)} | {default_words(default_of(default))} | "
+                         f"{prop.get('description', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def type_words(prop: dict) -> str:
+    if "enum" in prop:
+        return " / ".join(f"`{v}`" for v in prop["enum"])
+    kind = prop.get("type") or " or ".join(o["type"] for o in prop["anyOf"])
+    bounds = [f"{words} {prop[key]}" for key, words in (("minimum", "≥"), ("exclusiveMinimum", ">"),
+                                                        ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in prop]
+    return ", ".join([kind, *bounds])
+
+
+def default_words(value) -> str:
+    return "required" if value is dataclasses.MISSING else f"`{json.dumps(value)}`"

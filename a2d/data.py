@@ -38,8 +38,8 @@ class SubwordConfig(Section):
     """SentencePiece models: one joint model for both languages, or one per language."""
 
     vocab_size: int = setting(doc="per model when not joint", minimum=8)
-    model_type: str = setting(enum=["unigram", "bpe", "char", "word"])
-    seed: int = setting()
+    model_type: str = setting(doc="SentencePiece algorithm", enum=["unigram", "bpe", "char", "word"])
+    seed: int = setting(doc="SentencePiece training")
     joint: bool = setting(True, "one model for both languages, or one per language (the De->Dsb recipe)")
 
 

@@ -37,22 +37,22 @@ class MethodConfig(Section):
     of 0 switches that attention type off (encoder-only or decoder-only A2D).
     """
 
-    name: str = setting("none", enum=list(METHODS))
-    label_smoothing: float = setting(0.1, minimum=0, maximum=1)
+    name: str = setting("none", "the objective (docs/methods.md)", enum=list(METHODS))
+    label_smoothing: float = setting(0.1, "of the cross-entropy (fairseq's)", minimum=0, maximum=1)
     alpha: float = setting(0.5, "weight of word-level KD", minimum=0, maximum=1)
     temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, corrected a2d)", exclusiveMinimum=0)
-    selective_fraction: float = setting(0.5, exclusiveMinimum=0, maximum=1)
-    a2d_mode: str = setting("faithful", enum=["faithful", "corrected"])
-    layerwise: bool = setting(False)
+    selective_fraction: float = setting(0.5, "selective_kd: the hardest fraction of target tokens by student NLL", exclusiveMinimum=0, maximum=1)
+    a2d_mode: str = setting("faithful", "faithful: the released code's loss; corrected: row-wise, per target token", enum=["faithful", "corrected"])
+    layerwise: bool = setting(False, "a2d: align head-averaged layers rather than heads (the paper's ablation)")
     encoder_self: float = setting(1.0, "A2D weight of this attention type (0: off)", minimum=0)
     decoder_self: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
     decoder_cross: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
-    beta: float = setting(1.0, minimum=0)
-    gamma: float = setting(0.9, minimum=0, maximum=1)
+    beta: float = setting(1.0, "a2d: weight of the attention term at the start", minimum=0)
+    gamma: float = setting(0.9, "a2d: its decay per epoch (or step)", minimum=0, maximum=1)
     decay_every: str = setting("epoch", "beta * gamma^(count - 1), counting epochs or update steps",
                                enum=["epoch", "step"])
     feature_weight: float = setting(1.0, "pkd, alp_kd, minilm", minimum=0)
-    pkd_mapping: str = setting("skip", enum=["skip", "last"])
+    pkd_mapping: str = setting("skip", "pkd: skip, evenly spaced teacher layers up to the top; last, the top ones", enum=["skip", "last"])
     relation_heads: int = setting(4, "minilm", minimum=1)
 
     def check(self):

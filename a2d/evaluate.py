@@ -21,9 +21,10 @@ class EvaluationConfig(Section):
 
     tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer; none scores already-tokenised text (IWSLT'14)",
                             enum=TOKENIZERS)
-    lowercase: bool = setting(False)
-    bootstrap_samples: int = setting(1000, minimum=1)
-    significance_level: float = setting(0.05, exclusiveMinimum=0, exclusiveMaximum=1)
+    lowercase: bool = setting(False, "case-insensitive BLEU and chrF")
+    bootstrap_samples: int = setting(1000, "paired bootstrap resamples", minimum=1)
+    significance_level: float = setting(0.05, "p-value under which the table marks a student better than a baseline",
+                                        exclusiveMinimum=0, exclusiveMaximum=1)
 
 
 def metrics(cfg: EvaluationConfig) -> dict:

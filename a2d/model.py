@@ -28,16 +28,16 @@ class ModelConfig(Section):
     """Transformer shape; saved next to its weights so a checkpoint rebuilds the model alone."""
 
     vocab_size: int = setting(doc="target vocabulary (and source, unless src_vocab_size)", derived=True, minimum=4)
-    encoder_layers: int = setting(6, minimum=1)
-    decoder_layers: int = setting(6, minimum=1)
-    d_model: int = setting(512, minimum=2)
-    heads: int = setting(4, minimum=1)
-    ffn: int = setting(1024, minimum=1)
-    dropout: float = setting(0.3, minimum=0, maximum=1)
-    attention_dropout: float = setting(0.0, minimum=0, maximum=1)
+    encoder_layers: int = setting(6, "encoder layers", minimum=1)
+    decoder_layers: int = setting(6, "decoder layers", minimum=1)
+    d_model: int = setting(512, "model width", minimum=2)
+    heads: int = setting(4, "attention heads per layer", minimum=1)
+    ffn: int = setting(1024, "inner width of the feed-forward block", minimum=1)
+    dropout: float = setting(0.3, "on embeddings and sublayer outputs", minimum=0, maximum=1)
+    attention_dropout: float = setting(0.0, "on attention probabilities", minimum=0, maximum=1)
     activation_dropout: float | None = setting(None, "inside the feed-forward block; unset: dropout", minimum=0,
                                                maximum=1)
-    max_positions: int = setting(1024, minimum=2)
+    max_positions: int = setting(1024, "longest sequence in tokens: longer training pairs are left out, longer sources cut at decoding", minimum=2)
     pre_norm: bool = setting(False, "LayerNorm before each sublayer (and after the stack) instead of after it")
     src_vocab_size: int | None = setting(None, "a separate source subword model (De->Dsb recipe); unset: shared",
                                          derived=True, minimum=4)

@@ -26,7 +26,7 @@ class SearchConfig(Section):
     beam_size: int = setting(5, "1: greedy", minimum=1)
     length_penalty: float = setting(1.0, "scores divided by length ** length_penalty")
     max_len_a: float = setting(1.2, "at most max_len_a * source length + max_len_b tokens", minimum=0)
-    max_len_b: int = setting(10, minimum=1)
+    max_len_b: int = setting(10, "see max_len_a", minimum=1)
     batch_size: int = setting(64, "sentences per batch", minimum=1)
     min_len: int = setting(1, "tokens before EOS at least (fairseq's --min-len); the length limit wins over it",
                            minimum=1)

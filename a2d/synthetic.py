@@ -123,10 +123,10 @@ class Generator:
 class SyntheticCorpus(Section):
     """The embedded synthetic language pair, sizes in sentence pairs."""
 
-    seed: int = setting()
-    train: int = setting(minimum=1)
-    valid: int = setting(minimum=1)
-    test: int = setting(minimum=1)
+    seed: int = setting(doc="lexicons and sentences")
+    train: int = setting(doc="sentence pairs", minimum=1)
+    valid: int = setting(doc="sentence pairs", minimum=1)
+    test: int = setting(doc="sentence pairs", minimum=1)
 
 
 def generate_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
