@@ -167,3 +167,11 @@ def test_a_section_is_checked_however_it_is_built():
         SearchConfig.from_json('{"beam": 2}', "--decoding")
     assert SearchConfig.from_json(SearchConfig(min_len=3).to_json(), "x") == SearchConfig(min_len=3)
     assert SearchConfig(min_len=3).to_json() == '{"min_len": 3}'  # only what differs from the defaults
+
+
+def test_the_configuration_reference_is_current():
+    from a2d.config import reference
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    generated = text.split("<!-- generated: a2d.config.reference() -->\n")[1].split("<!-- end generated -->")[0]
+    assert generated == reference(), "docs/configuration.md is out of date: regenerate it from a2d.config.reference()"
