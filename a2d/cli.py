@@ -169,6 +169,11 @@ def add_section(s: argparse.ArgumentParser, name: str) -> None:
                    + ("its fields are required)" if required else "unset fields take their defaults)"))
 
 
+def add_baselines(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--baselines", type=json.loads, default={}, metavar="JSON",
+                   help='the baseline students and their methods (a2d.plan.baselines), e.g. {"student_nokd": "none"}')
+
+
 def add_subword_models(s: argparse.ArgumentParser) -> None:
     s.add_argument("--src-spm", required=True, help="source SentencePiece model")
     s.add_argument("--tgt-spm", required=True, help="target SentencePiece model (the same file when joint)")
@@ -274,7 +279,7 @@ def add_scoring_commands(sub) -> None:
     s.add_argument("--test-set", required=True)
     s.add_argument("--systems", nargs="+", required=True, help="run names, in the order of --hyps")
     s.add_argument("--hyps", nargs="+", required=True)
-    s.add_argument("--baselines", nargs="+", required=True, help="configured names of the baseline students")
+    add_baselines(s)
     s.add_argument("--output", required=True)
     add_section(s, "evaluation")
     s.set_defaults(run=cmd_significance)
@@ -307,7 +312,7 @@ def add_report_commands(sub) -> None:
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
     s.add_argument("--significance", nargs="*", default=[], help="JSON files written by `significance`")
-    s.add_argument("--baselines", nargs="*", default=[], help="the baseline students (marked by their method)")
+    add_baselines(s)
     add_section(s, "evaluation")
     s.add_argument("--config", default="{}", help="the resolved experiment as JSON (provenance)")
     s.add_argument("--cleaning-report", help="train.cleaning.json: overlaps above cleaning.overlap_warning go under the table")

@@ -182,16 +182,19 @@ def system_spec(config: dict, name: str) -> SystemSpec:
     )
 
 
-def baselines(config: dict) -> list[str]:
-    """The students every other student is tested against: the first no-KD and the first Word-KD
-    student trained on the references, when the experiment has them."""
-    on_references = {name: spec.method.label for name in config["students"]
+BASELINE_METHODS = ("none", "word_kd")  # what every other student is tested against, in this order
+
+
+def baselines(config: dict) -> dict[str, str]:
+    """The students every other student is tested against, with their method: the first no-KD and
+    the first Word-KD student trained on the references, when the experiment has them."""
+    on_references = {name: spec.method.name for name in config["students"]
                      if (spec := system_spec(config, name)).targets == "reference"}
-    return [next(name for name, label in on_references.items() if label == wanted)
-            for wanted in ("none", "word_kd") if wanted in on_references.values()]
+    return {next(name for name, method in on_references.items() if method == wanted): wanted
+            for wanted in BASELINE_METHODS if wanted in on_references.values()}
 
 
-def seed_pairs(runs: list[str], baselines: list[str]) -> list[tuple[str, str, list[str]]]:
+def seed_pairs(runs: list[str], baselines) -> list[tuple[str, str, list[str]]]:
     """(baseline, baseline run, runs compared with it): every student run against the baseline's run
     of the same seed (`x_seed2` against `student_nokd_seed2`); the teacher and a baseline's own runs
     are not compared."""

@@ -20,7 +20,7 @@ from a2d.files import atomic_path, read_json, write_json
 from a2d.plan import base_name
 from a2d.summary import TrainingSummary
 
-MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method
+MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method (a2d.plan.BASELINE_METHODS)
 METRICS = ("bleu", "chrf")
 PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas", "ctranslate2")
 
@@ -83,15 +83,9 @@ def better(runs: pd.DataFrame, metric: str, baseline: str, level: float, scores:
                for run, p, partner in zip(runs["run"], runs[column], runs[f"{metric}_vs_{baseline}"]))
 
 
-def marks(runs: pd.DataFrame, baselines: list[str]) -> dict[str, str]:
-    """Baseline system -> its mark."""
-    method = runs.groupby("system")["method"].first()
-    return {baseline: MARKS[method[baseline]] for baseline in baselines}
-
-
-def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.DataFrame:
-    """Systems x (test set, metric) cells "mean ± std" with significance marks."""
-    mark_of = marks(runs, baselines)
+def paper_frame(runs: pd.DataFrame, baselines: dict[str, str], level: float) -> pd.DataFrame:
+    """Systems x (test set, metric) cells "mean ± std" with significance marks; `baselines` maps each
+    baseline system to its method, which picks its mark."""
     table = {}
     for system, group in runs.groupby("system", sort=False):
         row = {"method": group["method"].iloc[0], "parameters": f"{group['parameters'].iloc[0]:,}",
@@ -109,17 +103,17 @@ def paper_frame(runs: pd.DataFrame, baselines: list[str], level: float) -> pd.Da
                 scores = dict(zip(on_test_set["run"], on_test_set[metric]))
                 values = cell_runs[metric]
                 cell = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-                cell += "".join(mark_of[baseline] for baseline in baselines
+                cell += "".join(MARKS[method] for baseline, method in baselines.items()
                                 if better(cell_runs, metric, baseline, level, scores))
                 row[f"{test_set} {metric}"] = cell
         table[system] = row
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("system")
 
 
-def footnote(runs: pd.DataFrame, baselines: list[str], level: float, samples: int, cleaning: dict | None,
+def footnote(runs: pd.DataFrame, baselines: dict[str, str], level: float, samples: int, cleaning: dict | None,
              overlap_warning: float) -> list[str]:
     lines = [f"{mark} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
-             for baseline, mark in marks(runs, baselines).items()]
+             for baseline, mark in ((name, MARKS[method]) for name, method in baselines.items())]
     lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
     if runs["decoding_seconds"].notna().any():
         speed = runs.dropna(subset=["decoding_seconds"]).iloc[0]
@@ -171,7 +165,7 @@ def provenance(config_json: str) -> dict:
 
 
 def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
-                 figure_paths=(), baselines=(), evaluation: EvaluationConfig = EvaluationConfig(),
+                 figure_paths=(), baselines: dict[str, str] | None = None, evaluation: EvaluationConfig = EvaluationConfig(),
                  config_json: str = "{}", cleaning_path: str | None = None, cleaning: Cleaning = Cleaning(),
                  speed_paths=(), model_paths=(), export_paths=()) -> pd.DataFrame:
     """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
@@ -179,9 +173,10 @@ def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str
     out = Path(out_dir)
     runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths, speed_paths, model_paths,
                       export_paths)
-    table = paper_frame(runs, list(baselines), level)
+    baselines = baselines or {}
+    table = paper_frame(runs, baselines, level)
     report = read_json(cleaning_path) if cleaning_path else None
-    notes = footnote(runs, list(baselines), level, samples, report, cleaning.overlap_warning)
+    notes = footnote(runs, baselines, level, samples, report, cleaning.overlap_warning)
     with atomic_path(out / "results.csv") as tmp:
         runs.drop(columns=["figures"]).to_csv(tmp, index=False)
     with atomic_path(out / "results.tex") as tmp:

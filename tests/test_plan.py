@@ -113,7 +113,7 @@ def test_seeds_train_every_student_once_per_seed_and_the_teacher_once():
     assert system_spec(config, "student_a2d_seed7").training.seed == 7
     assert system_spec(config, "teacher").training.seed == config["training"]["seed"]
     assert base_name("student_a2d_seed7") == "student_a2d" and base_name("teacher") == "teacher"
-    assert baselines(config) == ["student_nokd", "student_word_kd"]
+    assert baselines(config) == {"student_nokd": "none", "student_word_kd": "word_kd"}
     config["seeds"] = [5]  # one seed: names unchanged, that seed used
     assert systems(config)[1] == "student_nokd" and system_spec(config, "student_nokd").training.seed == 5
 

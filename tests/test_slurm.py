@@ -46,6 +46,9 @@ def slurm_profile(directory: Path) -> Path:
     return directory
 
 
+SLURM_STUDENTS = ("student_nokd", "student_a2d", "student_seq_kd")
+
+
 def time_limit(job_id: str, env: dict) -> str:
     shown = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, check=True)
     return re.search(r"TimeLimit=(\S+)", shown.stdout).group(1)
@@ -54,6 +57,8 @@ def time_limit(job_id: str, env: dict) -> str:
 def test_tiny_dag_on_a_real_slurm_cluster(tmp_path):
     config = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
     config["training"].update(max_epochs=3, save_every_steps=7)  # room to kill the teacher between checkpoints
+    # Every kind of job, not every method (those are test_pipeline's): distillation, none, Seq-KD's shards.
+    config["students"] = {name: config["students"][name] for name in SLURM_STUDENTS}
     for name in ("local", "slurm"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -93,7 +98,7 @@ def test_tiny_dag_on_a_real_slurm_cluster(tmp_path):
     assert "localrule all" in output and len(submitted) == planned  # all jobs less `all`, plus the teacher's retry
     results = workdir / "results" / "tiny"
     logs = list((workdir / "logs" / "tiny" / "train").glob("*.log"))
-    assert len(logs) == 8
+    assert len(logs) == 1 + len(SLURM_STUDENTS)
     for log in logs:
         ran_in = re.findall(r"SLURM job (\d+) on ", log.read_text())
         assert ran_in and submitted[ran_in[-1]] == ("train", log.stem), log

@@ -38,7 +38,7 @@ def test_mean_std_marks_latex_and_provenance(tmp_path):
                 ("student_a2d_seed1", "student_wkd"): 0.04, ("student_a2d_seed2", "student_wkd"): 0.001}
     metrics, summaries, sig = results(tmp_path, scores, p_values)
     table = write_tables(metrics, summaries, str(tmp_path / "tables"), significance_paths=sig,
-                         baselines=["student_nokd", "student_wkd"], config_json='{"config": {"experiment": "x"}}')
+                         baselines={"student_nokd": "none", "student_wkd": "word_kd"}, config_json='{"config": {"experiment": "x"}}')
     assert list(table.index) == ["teacher", "student_nokd", "student_a2d", "student_wkd"]
     assert table.loc["student_a2d", "test bleu"] == "24.50 ± 0.71†‡"  # std of (24, 25), n-1
     assert table.loc["student_a2d", "test chrf"] == "50.50 ± 0.71"  # 50 < 52 in seed 2: no mark
@@ -48,7 +48,7 @@ def test_mean_std_marks_latex_and_provenance(tmp_path):
     runs = pd.read_csv(tmp_path / "tables" / "results.csv")
     assert len(runs) == 7 and runs.set_index("run").loc["student_wkd_seed2", "bleu_p_vs_student_nokd"] == 0.3
     # marks follow the baseline's method, not its position
-    only_wkd = write_tables(metrics, summaries, str(tmp_path / "t2"), significance_paths=sig, baselines=["student_wkd"])
+    only_wkd = write_tables(metrics, summaries, str(tmp_path / "t2"), significance_paths=sig, baselines={"student_wkd": "word_kd"})
     assert only_wkd.loc["student_a2d", "test bleu"] == "24.50 ± 0.71‡"
     markdown = (tmp_path / "tables" / "results.md").read_text()
     assert "| student_a2d  | a2d" in markdown and "- sacrebleu bleu: nrefs:1|tok:13a" in markdown

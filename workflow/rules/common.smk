@@ -36,7 +36,7 @@ CLEANING = section(config, "cleaning").to_json()
 SUBWORDS = section(config, "sentencepiece").to_json()
 # Sequence-level KD: the teacher translates the training sources in this many parallel jobs.
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(section(config, "seq_kd").shards)]
-BASELINES = baselines(config)
+BASELINES = baselines(config)  # system -> method, which picks its mark in the table
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
 
 wildcard_constraints:

@@ -45,7 +45,7 @@ rule significance:
         f"{RESULTS}/significance/{{test_set}}.json",
     params:
         systems=SYSTEMS,
-        baselines=BASELINES,
+        baselines=json.dumps(BASELINES),
         evaluation=EVALUATION,
     log:
         f"{LOGS}/significance/{{test_set}}.log",
@@ -99,7 +99,7 @@ rule tables:
         provenance=f"{RESULTS}/tables/provenance.json",
     params:
         out_dir=output_dir,
-        baselines=BASELINES,
+        baselines=json.dumps(BASELINES),
         evaluation=EVALUATION,
         config=provenance_json,
         cleaning_report=cleaning_report_flag,
