@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from a2d.model import ModelConfig
-
-ATTENTION_TYPES = ("encoder_self", "decoder_self", "decoder_cross")
+from a2d.config import ATTENTION_TYPES, ModelConfig
 
 
 def attention_channels(cfg: ModelConfig, layerwise: bool = False) -> dict[str, int]:

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from a2d.config import ModelConfig
 from a2d.files import InputError, atomic_path, read_json, read_safetensors, write_json
-from a2d.model import ModelConfig, Transformer
+from a2d.model import Transformer
 
 
 def save_model(path: str | Path, model: Transformer) -> None:

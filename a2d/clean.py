@@ -9,28 +9,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from a2d.config import Cleaning, Preprocess
 from a2d.files import InputError, read_parallel, write_json, write_lines
-from a2d.settings import Section, setting
-
-
-@dataclass(frozen=True)
-class Preprocess(Section):
-    """Moses tokenisation and lowercasing, as the IWSLT'14 recipe; every split alike."""
-
-    moses: bool = setting(False, "Moses-tokenise (sacremoses, with its default escaping, like tokenizer.perl)")
-    lowercase: bool = setting(False, "lowercase every split")
-
-
-@dataclass(frozen=True)
-class Cleaning(Section):
-    """Filters applied to the training data only."""
-
-    max_words: int = setting(250, "per side, whitespace words after preprocessing", minimum=1)
-    max_ratio: float = setting(3.0, "longer side / shorter side, in words", minimum=1)
-    dedup: bool = setting(True, "drop exact duplicate pairs")
-    decontaminate: bool = setting(True, "drop training pairs whose source is in an evaluation set")
-    overlap_warning: float = setting(0.05, "warn when more of an evaluation set than this is in the training data",
-                                     minimum=0, maximum=1)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Typed configuration: the sections of an experiment, and one system's resolved spec.
+"""Typed configuration: every section of an experiment, and one system's resolved spec.
 
-Each section is an `a2d.settings.Section` declared beside the code that uses it (the model's shape in
-a2d.model, the method in a2d.distill, decoding in a2d.search, ...); `SECTIONS` says where each sits
-in the YAML. `schema()` is the experiment's schema: the structure in
-`workflow/schemas/config.schema.yaml` with every section's own schema filled in, so a setting is
-declared once, in its dataclass. The experiment plan (systems, seeds, splits) is `a2d.plan`.
+Each section is an `a2d.settings.Section`: a field declares its type, default, bounds and meaning
+once, and validation, the schema and the hand-over to commands follow from it. `SECTIONS` says where
+each sits in the YAML; `schema()` is the experiment's schema, the structure in
+`workflow/schemas/config.schema.yaml` with every section's schema filled in. This module imports no
+torch: Snakemake loads it, and every command parses its options with it. The code that uses a
+section imports it from here; the experiment plan (systems, seeds, splits) is `a2d.plan`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,220 @@ from pathlib import Path
 
 import yaml
 
-from a2d.clean import Cleaning, Preprocess
-from a2d.data import SubwordConfig
-from a2d.distill import MethodConfig
-from a2d.evaluate import EvaluationConfig
-from a2d.export import ExportConfig
-from a2d.model import ModelConfig
-from a2d.search import SearchConfig
 from a2d.settings import ConfigError, Section, default_of, setting
-from a2d.synthetic import SyntheticCorpus
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """Transformer shape; saved next to its weights so a checkpoint rebuilds the model alone."""
+
+    vocab_size: int = setting(doc="target vocabulary (and source, unless src_vocab_size)", derived=True, minimum=4)
+    encoder_layers: int = setting(6, "encoder layers", minimum=1)
+    decoder_layers: int = setting(6, "decoder layers", minimum=1)
+    d_model: int = setting(512, "model width", minimum=2)
+    heads: int = setting(4, "attention heads per layer", minimum=1)
+    ffn: int = setting(1024, "inner width of the feed-forward block", minimum=1)
+    dropout: float = setting(0.3, "on embeddings and sublayer outputs", minimum=0, maximum=1)
+    attention_dropout: float = setting(0.0, "on attention probabilities", minimum=0, maximum=1)
+    activation_dropout: float | None = setting(None, "inside the feed-forward block; unset: dropout", minimum=0,
+                                               maximum=1)
+    max_positions: int = setting(1024, "longest sequence in tokens: longer training pairs are left out, longer sources cut at decoding", minimum=2)
+    pre_norm: bool = setting(False, "LayerNorm before each sublayer (and after the stack) instead of after it")
+    src_vocab_size: int | None = setting(None, "a separate source subword model (De->Dsb recipe); unset: shared",
+                                         derived=True, minimum=4)
+    share_all_embeddings: bool = setting(False, "one table for source, target and output (fairseq's flag); "
+                                         "needs joint subwords")
+
+    @property
+    def source_vocab_size(self) -> int:
+        return self.src_vocab_size or self.vocab_size
+
+    def check(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.share_all_embeddings and self.source_vocab_size != self.vocab_size:
+            raise ValueError("share_all_embeddings needs one joint subword model for source and target")
+
+
+ATTENTION_TYPES = ("encoder_self", "decoder_self", "decoder_cross")
+METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd", "minilm")
+FEATURE_METHODS = ("pkd", "alp_kd", "minilm")
+
+
+def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> list[int]:
+    """PKD (Sun et al. 2019): the teacher layer (0-based) each student layer learns from.
+    skip: evenly spaced, ending at the top layer; last: the top `student_layers` layers. Unlike the
+    paper, which leaves the teacher's top layer to the logits, both mappings include it."""
+    if student_layers > teacher_layers:
+        raise ValueError(f"PKD maps each of {student_layers} student layers to a distinct teacher layer, "
+                         f"but the teacher has only {teacher_layers}")
+    if strategy == "skip":
+        return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+    return list(range(teacher_layers - student_layers, teacher_layers))
+
+
+@dataclass(frozen=True)
+class MethodConfig(Section):
+    """How a model is trained (method doc, sections 3, 4 and 6).
+
+    none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
+    selective_kd: word_kd on the hardest `selective_fraction` of tokens by student NLL.
+    pkd, alp_kd, minilm: word_kd plus `feature_weight` x a feature loss over encoder and decoder:
+    hidden states (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers) or the last
+    self-attention layer's query, key and value relations (MiniLMv2, `relation_heads`).
+    a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
+    `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
+    of 0 switches that attention type off (encoder-only or decoder-only A2D).
+    """
+
+    name: str = setting("none", "the objective (docs/methods.md)", enum=list(METHODS))
+    label_smoothing: float = setting(0.1, "of the cross-entropy (fairseq's)", minimum=0, maximum=1)
+    alpha: float = setting(0.5, "weight of word-level KD", minimum=0, maximum=1)
+    temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, corrected a2d)", exclusiveMinimum=0)
+    selective_fraction: float = setting(0.5, "selective_kd: the hardest fraction of target tokens by student NLL", exclusiveMinimum=0, maximum=1)
+    a2d_mode: str = setting("faithful", "faithful: the released code's loss; corrected: row-wise, per target token", enum=["faithful", "corrected"])
+    layerwise: bool = setting(False, "a2d: align head-averaged layers rather than heads (the paper's ablation)")
+    encoder_self: float = setting(1.0, "A2D weight of this attention type (0: off)", minimum=0)
+    decoder_self: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
+    decoder_cross: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
+    beta: float = setting(1.0, "a2d: weight of the attention term at the start", minimum=0)
+    gamma: float = setting(0.9, "a2d: its decay per epoch (or step)", minimum=0, maximum=1)
+    decay_every: str = setting("epoch", "beta * gamma^(count - 1), counting epochs or update steps",
+                               enum=["epoch", "step"])
+    feature_weight: float = setting(1.0, "pkd, alp_kd, minilm", minimum=0)
+    pkd_mapping: str = setting("skip", "pkd: skip, evenly spaced teacher layers up to the top; last, the top ones", enum=["skip", "last"])
+    relation_heads: int = setting(4, "minilm", minimum=1)
+
+    def check(self):
+        if self.name == "a2d" and not self.attention_types:
+            raise ValueError("a2d needs at least one attention type with a positive weight")
+        if self.name == "a2d" and self.a2d_mode == "faithful" and self.temperature != 1.0:
+            raise ValueError("faithful A2D has no temperature (the released code uses none); "
+                             "use a2d_mode: corrected for word-level KD at a temperature")
+
+    def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
+        """Refuse, before training, a method that cannot work with these shapes."""
+        for side, s, t in (("target", student.vocab_size, teacher.vocab_size),
+                           ("source", student.source_vocab_size, teacher.source_vocab_size)):
+            if s != t:
+                raise ValueError(f"student {side} vocabulary {s} != teacher {side} vocabulary {t}")
+        if self.name == "pkd":
+            pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.pkd_mapping)
+            pkd_layer_map(student.decoder_layers, teacher.decoder_layers, self.pkd_mapping)
+        if self.name == "minilm":
+            for who, cfg in (("student", student), ("teacher", teacher)):
+                if cfg.d_model % self.relation_heads:
+                    raise ValueError(f"{who} d_model {cfg.d_model} is not divisible by relation_heads {self.relation_heads}")
+
+    @property
+    def attention_types(self) -> tuple[str, ...]:
+        return tuple(name for name in ATTENTION_TYPES if getattr(self, name) > 0)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.attention_types}
+
+    @property
+    def label(self) -> str:
+        """Short description for tables, e.g. "a2d corrected layerwise" or "a2d faithful encoder_self"."""
+        if self.name != "a2d":
+            return self.name
+        parts = ["a2d", self.a2d_mode] + (["layerwise"] if self.layerwise else [])
+        if len(self.attention_types) < len(ATTENTION_TYPES):
+            parts += list(self.attention_types)
+        return " ".join(parts)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.name == "a2d"
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.name in FEATURE_METHODS
+
+
+@dataclass(frozen=True)
+class SearchConfig(Section):
+    """Beam search for test sets and Seq-KD data (fairseq's length rule and penalty)."""
+
+    beam_size: int = setting(5, "1: greedy", minimum=1)
+    length_penalty: float = setting(1.0, "scores divided by length ** length_penalty")
+    max_len_a: float = setting(1.2, "at most max_len_a * source length + max_len_b tokens", minimum=0)
+    max_len_b: int = setting(10, "see max_len_a", minimum=1)
+    batch_size: int = setting(64, "sentences per batch", minimum=1)
+    min_len: int = setting(1, "tokens before EOS at least (fairseq's --min-len); the length limit wins over it",
+                           minimum=1)
+
+
+QUANTIZATIONS = ["int8", "int8_float32", "int16", "float32"]
+
+
+@dataclass(frozen=True)
+class ExportConfig(Section):
+    """The deployable CTranslate2 model written for every system."""
+
+    quantization: str = setting("int8", "CTranslate2 weight type", enum=QUANTIZATIONS)
+
+
+TOKENIZERS = ["13a", "none", "intl", "char", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(Section):
+    """Scoring with sacrebleu, and the significance tests between systems."""
+
+    tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer; none scores already-tokenised text (IWSLT'14)",
+                            enum=TOKENIZERS)
+    lowercase: bool = setting(False, "case-insensitive BLEU and chrF")
+    bootstrap_samples: int = setting(1000, "paired bootstrap resamples", minimum=1)
+    significance_level: float = setting(0.05, "p-value under which the table marks a student better than a baseline",
+                                        exclusiveMinimum=0, exclusiveMaximum=1)
+
+
+@dataclass(frozen=True)
+class Preprocess(Section):
+    """Moses tokenisation and lowercasing, as the IWSLT'14 recipe; every split alike."""
+
+    moses: bool = setting(False, "Moses-tokenise (sacremoses, with its default escaping, like tokenizer.perl)")
+    lowercase: bool = setting(False, "lowercase every split")
+
+
+@dataclass(frozen=True)
+class Cleaning(Section):
+    """Filters applied to the training data only."""
+
+    max_words: int = setting(250, "per side, whitespace words after preprocessing", minimum=1)
+    max_ratio: float = setting(3.0, "longer side / shorter side, in words", minimum=1)
+    dedup: bool = setting(True, "drop exact duplicate pairs")
+    decontaminate: bool = setting(True, "drop training pairs whose source is in an evaluation set")
+    overlap_warning: float = setting(0.05, "warn when more of an evaluation set than this is in the training data",
+                                     minimum=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class SubwordConfig(Section):
+    """SentencePiece models: one joint model for both languages, or one per language."""
+
+    vocab_size: int = setting(doc="per model when not joint", minimum=8)
+    model_type: str = setting(doc="SentencePiece algorithm", enum=["unigram", "bpe", "char", "word"])
+    seed: int = setting(doc="SentencePiece training")
+    joint: bool = setting(True, "one model for both languages, or one per language (the De->Dsb recipe)")
+
+
+@dataclass(frozen=True)
+class SyntheticCorpus(Section):
+    """The embedded synthetic language pair, sizes in sentence pairs."""
+
+    seed: int = setting(doc="lexicons and sentences")
+    train: int = setting(doc="sentence pairs", minimum=1)
+    valid: int = setting(doc="sentence pairs", minimum=1)
+    test: int = setting(doc="sentence pairs", minimum=1)
 
 
 @dataclass(frozen=True)

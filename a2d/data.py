@@ -10,12 +10,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from torch import Tensor
 from safetensors.torch import save_file
+from torch import Tensor
 
+from a2d.config import SubwordConfig
 from a2d.files import InputError, atomic_path, read_lines, read_parallel, read_safetensors
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from a2d.settings import Section, setting
 
 
 @dataclass
@@ -31,16 +31,6 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(self.src.to(device), self.prev.to(device), self.target.to(device), self.mask.to(device))
-
-
-@dataclass(frozen=True)
-class SubwordConfig(Section):
-    """SentencePiece models: one joint model for both languages, or one per language."""
-
-    vocab_size: int = setting(doc="per model when not joint", minimum=8)
-    model_type: str = setting(doc="SentencePiece algorithm", enum=["unigram", "bpe", "char", "word"])
-    seed: int = setting(doc="SentencePiece training")
-    joint: bool = setting(True, "one model for both languages, or one per language (the De->Dsb recipe)")
 
 
 def train_sentencepiece(inputs: list[str], model_path: str, cfg: SubwordConfig, threads: int = 1) -> None:

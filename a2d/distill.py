@@ -7,104 +7,16 @@ output in. `forward` returns the loss to back-propagate and every term (`LossTer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from a2d import losses
-from a2d.align import ATTENTION_TYPES, AttentionAlignment
+from a2d.align import AttentionAlignment
+from a2d.config import MethodConfig, ModelConfig, pkd_layer_map
 from a2d.data import Batch
 from a2d.losses import LossTerms
-from a2d.model import PAD_ID, ModelConfig, Seq2SeqOutput, Transformer
-from a2d.settings import Section, setting
+from a2d.model import PAD_ID, Seq2SeqOutput, Transformer
 
-METHODS = ("none", "word_kd", "selective_kd", "a2d", "pkd", "alp_kd", "minilm")
-FEATURE_METHODS = ("pkd", "alp_kd", "minilm")
-
-
-@dataclass(frozen=True)
-class MethodConfig(Section):
-    """How a model is trained (method doc, sections 3, 4 and 6).
-
-    none: label-smoothed CE (teacher, no-KD student). word_kd: (1-alpha)*LS + alpha*tau^2*KL.
-    selective_kd: word_kd on the hardest `selective_fraction` of tokens by student NLL.
-    pkd, alp_kd, minilm: word_kd plus `feature_weight` x a feature loss over encoder and decoder:
-    hidden states (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers) or the last
-    self-attention layer's query, key and value relations (MiniLMv2, `relation_heads`).
-    a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
-    `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
-    of 0 switches that attention type off (encoder-only or decoder-only A2D).
-    """
-
-    name: str = setting("none", "the objective (docs/methods.md)", enum=list(METHODS))
-    label_smoothing: float = setting(0.1, "of the cross-entropy (fairseq's)", minimum=0, maximum=1)
-    alpha: float = setting(0.5, "weight of word-level KD", minimum=0, maximum=1)
-    temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, corrected a2d)", exclusiveMinimum=0)
-    selective_fraction: float = setting(0.5, "selective_kd: the hardest fraction of target tokens by student NLL", exclusiveMinimum=0, maximum=1)
-    a2d_mode: str = setting("faithful", "faithful: the released code's loss; corrected: row-wise, per target token", enum=["faithful", "corrected"])
-    layerwise: bool = setting(False, "a2d: align head-averaged layers rather than heads (the paper's ablation)")
-    encoder_self: float = setting(1.0, "A2D weight of this attention type (0: off)", minimum=0)
-    decoder_self: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
-    decoder_cross: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
-    beta: float = setting(1.0, "a2d: weight of the attention term at the start", minimum=0)
-    gamma: float = setting(0.9, "a2d: its decay per epoch (or step)", minimum=0, maximum=1)
-    decay_every: str = setting("epoch", "beta * gamma^(count - 1), counting epochs or update steps",
-                               enum=["epoch", "step"])
-    feature_weight: float = setting(1.0, "pkd, alp_kd, minilm", minimum=0)
-    pkd_mapping: str = setting("skip", "pkd: skip, evenly spaced teacher layers up to the top; last, the top ones", enum=["skip", "last"])
-    relation_heads: int = setting(4, "minilm", minimum=1)
-
-    def check(self):
-        if self.name == "a2d" and not self.attention_types:
-            raise ValueError("a2d needs at least one attention type with a positive weight")
-        if self.name == "a2d" and self.a2d_mode == "faithful" and self.temperature != 1.0:
-            raise ValueError("faithful A2D has no temperature (the released code uses none); "
-                             "use a2d_mode: corrected for word-level KD at a temperature")
-
-    def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
-        """Refuse, before training, a method that cannot work with these shapes."""
-        for side, s, t in (("target", student.vocab_size, teacher.vocab_size),
-                           ("source", student.source_vocab_size, teacher.source_vocab_size)):
-            if s != t:
-                raise ValueError(f"student {side} vocabulary {s} != teacher {side} vocabulary {t}")
-        if self.name == "pkd":
-            losses.pkd_layer_map(student.encoder_layers, teacher.encoder_layers, self.pkd_mapping)
-            losses.pkd_layer_map(student.decoder_layers, teacher.decoder_layers, self.pkd_mapping)
-        if self.name == "minilm":
-            for who, cfg in (("student", student), ("teacher", teacher)):
-                if cfg.d_model % self.relation_heads:
-                    raise ValueError(f"{who} d_model {cfg.d_model} is not divisible by relation_heads {self.relation_heads}")
-
-    @property
-    def attention_types(self) -> tuple[str, ...]:
-        return tuple(name for name in ATTENTION_TYPES if getattr(self, name) > 0)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.attention_types}
-
-    @property
-    def label(self) -> str:
-        """Short description for tables, e.g. "a2d corrected layerwise" or "a2d faithful encoder_self"."""
-        if self.name != "a2d":
-            return self.name
-        parts = ["a2d", self.a2d_mode] + (["layerwise"] if self.layerwise else [])
-        if len(self.attention_types) < len(ATTENTION_TYPES):
-            parts += list(self.attention_types)
-        return " ".join(parts)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.name != "none"
-
-    @property
-    def needs_attention(self) -> bool:
-        return self.name == "a2d"
-
-    @property
-    def needs_hidden(self) -> bool:
-        return self.name in FEATURE_METHODS
 
 class DistillationModule(nn.Module):
     def __init__(self, student: Transformer, method: MethodConfig, teacher_cfg: ModelConfig | None = None):
@@ -141,7 +53,7 @@ class DistillationModule(nn.Module):
             project = self.projection or (lambda x: x)
             s_states = [project(s) for s in s_states[1:]]  # layer outputs, without the embeddings
             if self.method.name == "pkd":
-                layer_map = losses.pkd_layer_map(len(s_states), len(t_states) - 1, self.method.pkd_mapping)
+                layer_map = pkd_layer_map(len(s_states), len(t_states) - 1, self.method.pkd_mapping)
                 total = total + losses.pkd_loss(s_states, t_states[1:], layer_map, mask)
             else:
                 total = total + losses.alp_kd_loss(s_states, t_states[1:], mask)

@@ -3,28 +3,11 @@ sacrebleu's paired bootstrap resampling test between systems on the same test se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
+from a2d.config import EvaluationConfig
 from a2d.files import InputError, read_lines
-from a2d.settings import Section, setting
-
-
-TOKENIZERS = ["13a", "none", "intl", "char", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200"]
-
-
-@dataclass(frozen=True)
-class EvaluationConfig(Section):
-    """Scoring with sacrebleu, and the significance tests between systems."""
-
-    tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer; none scores already-tokenised text (IWSLT'14)",
-                            enum=TOKENIZERS)
-    lowercase: bool = setting(False, "case-insensitive BLEU and chrF")
-    bootstrap_samples: int = setting(1000, "paired bootstrap resamples", minimum=1)
-    significance_level: float = setting(0.05, "p-value under which the table marks a student better than a baseline",
-                                        exclusiveMinimum=0, exclusiveMaximum=1)
 
 
 def metrics(cfg: EvaluationConfig) -> dict:

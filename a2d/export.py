@@ -13,24 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from a2d.config import QUANTIZATIONS, SearchConfig
 from a2d.data import load_sentencepiece
 from a2d.model import BOS_ID, EOS_ID, UNK_ID, MultiHeadAttention, Transformer
-from a2d.search import SearchConfig
-from a2d.settings import Section, setting
-
-QUANTIZATIONS = ["int8", "int8_float32", "int16", "float32"]
-
-
-@dataclass(frozen=True)
-class ExportConfig(Section):
-    """The deployable CTranslate2 model written for every system."""
-
-    quantization: str = setting("int8", "CTranslate2 weight type", enum=QUANTIZATIONS)
 
 
 def _array(t: torch.Tensor):

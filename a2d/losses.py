@@ -219,18 +219,6 @@ def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: T
     return LossTerms(total=word + attention, nll=nll, ls=ls, kd=kd, word=word, attention=attention, attention_kl=kls)
 
 
-def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> list[int]:
-    """PKD (Sun et al. 2019): the teacher layer (0-based) each student layer learns from.
-    skip: evenly spaced, ending at the top layer; last: the top `student_layers` layers. Unlike the
-    paper, which leaves the teacher's top layer to the logits, both mappings include it."""
-    if student_layers > teacher_layers:
-        raise ValueError(f"PKD maps each of {student_layers} student layers to a distinct teacher layer, "
-                         f"but the teacher has only {teacher_layers}")
-    if strategy == "skip":
-        return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
-    return list(range(teacher_layers - student_layers, teacher_layers))
-
-
 def pkd_loss(student: list[Tensor], teacher: list[Tensor], layer_map: list[int], mask: Tensor) -> Tensor:
     """Patient KD: sum over student layers i and real positions of
     || s_i/|s_i| - t_m(i)/|t_m(i)| ||^2. States (B, N, D), the student's already projected to the

@@ -18,41 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from a2d.settings import Section, setting
+from a2d.config import ModelConfig
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the SentencePiece training in a2d.data
-
-
-@dataclass(frozen=True)
-class ModelConfig(Section):
-    """Transformer shape; saved next to its weights so a checkpoint rebuilds the model alone."""
-
-    vocab_size: int = setting(doc="target vocabulary (and source, unless src_vocab_size)", derived=True, minimum=4)
-    encoder_layers: int = setting(6, "encoder layers", minimum=1)
-    decoder_layers: int = setting(6, "decoder layers", minimum=1)
-    d_model: int = setting(512, "model width", minimum=2)
-    heads: int = setting(4, "attention heads per layer", minimum=1)
-    ffn: int = setting(1024, "inner width of the feed-forward block", minimum=1)
-    dropout: float = setting(0.3, "on embeddings and sublayer outputs", minimum=0, maximum=1)
-    attention_dropout: float = setting(0.0, "on attention probabilities", minimum=0, maximum=1)
-    activation_dropout: float | None = setting(None, "inside the feed-forward block; unset: dropout", minimum=0,
-                                               maximum=1)
-    max_positions: int = setting(1024, "longest sequence in tokens: longer training pairs are left out, longer sources cut at decoding", minimum=2)
-    pre_norm: bool = setting(False, "LayerNorm before each sublayer (and after the stack) instead of after it")
-    src_vocab_size: int | None = setting(None, "a separate source subword model (De->Dsb recipe); unset: shared",
-                                         derived=True, minimum=4)
-    share_all_embeddings: bool = setting(False, "one table for source, target and output (fairseq's flag); "
-                                         "needs joint subwords")
-
-    @property
-    def source_vocab_size(self) -> int:
-        return self.src_vocab_size or self.vocab_size
-
-    def check(self):
-        if self.d_model % self.heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
-        if self.share_all_embeddings and self.source_vocab_size != self.vocab_size:
-            raise ValueError("share_all_embeddings needs one joint subword model for source and target")
 
 
 @dataclass

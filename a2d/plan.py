@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from a2d.config import SECTIONS, PER_SYSTEM, MethodConfig, SystemSpec, TrainingConfig, schema, section
+from a2d.config import PER_SYSTEM, SECTIONS, MethodConfig, SystemSpec, TrainingConfig, schema, section
 from a2d.datasets import registry
 from a2d.files import InputError
 from a2d.settings import ConfigError

@@ -9,27 +9,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from a2d.config import SearchConfig
 from a2d.data import pad
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
-from a2d.settings import Section, setting
-
-
-@dataclass(frozen=True)
-class SearchConfig(Section):
-    """Beam search for test sets and Seq-KD data (fairseq's length rule and penalty)."""
-
-    beam_size: int = setting(5, "1: greedy", minimum=1)
-    length_penalty: float = setting(1.0, "scores divided by length ** length_penalty")
-    max_len_a: float = setting(1.2, "at most max_len_a * source length + max_len_b tokens", minimum=0)
-    max_len_b: int = setting(10, "see max_len_a", minimum=1)
-    batch_size: int = setting(64, "sentences per batch", minimum=1)
-    min_len: int = setting(1, "tokens before EOS at least (fairseq's --min-len); the length limit wins over it",
-                           minimum=1)
 
 
 def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:

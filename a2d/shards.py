@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from a2d.files import InputError, read_lines, write_lines
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from a2d.settings import Section, setting
-
 GENDERS, NUMBERS, CASES = 3, ("sg", "pl"), ("nom", "acc")
 ADJECTIVE_COUNT_WEIGHTS = (4, 3, 2, 1)  # 0, 1, 2, 3 adjectives before a noun
 
@@ -117,16 +115,6 @@ class Generator:
             adv_src, adv_tgt = rng.choice(lex.adverbs)
             src, tgt = src + [adv_src], tgt + [adv_tgt]
         return " ".join(src), " ".join(tgt)
-
-
-@dataclass(frozen=True)
-class SyntheticCorpus(Section):
-    """The embedded synthetic language pair, sizes in sentence pairs."""
-
-    seed: int = setting(doc="lexicons and sentences")
-    train: int = setting(doc="sentence pairs", minimum=1)
-    valid: int = setting(doc="sentence pairs", minimum=1)
-    test: int = setting(doc="sentence pairs", minimum=1)
 
 
 def generate_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from a2d.clean import Cleaning
-from a2d.evaluate import EvaluationConfig
+from a2d.config import Cleaning, EvaluationConfig
 from a2d.files import atomic_path, read_json, write_json
 from a2d.plan import base_name
 from a2d.summary import TrainingSummary

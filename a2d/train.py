@@ -26,15 +26,15 @@ import torch
 from tqdm import tqdm
 
 from a2d.checkpoint import load_model, load_strictly, save_model
-from a2d.config import SystemSpec
+from a2d.config import SearchConfig, SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
 from a2d.distill import DistillationModule, teacher_forward
 from a2d.evaluate import corpus_bleu
 from a2d.files import atomic_path, read_lines
-from a2d.launch import StopRequest, Stopped, World, check_world
+from a2d.launch import Stopped, StopRequest, World, check_world
 from a2d.model import Transformer, count_parameters
 from a2d.run import Progress, RunDirectory
-from a2d.search import SearchConfig, translate
+from a2d.search import translate
 from a2d.summary import EpochRecord, TrainingSummary
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from a2d.data import SubwordConfig, encode_corpus, encode_lines, load_sentencepiece, train_sentencepiece
+from a2d.config import SubwordConfig
+from a2d.data import encode_corpus, encode_lines, load_sentencepiece, train_sentencepiece
 from a2d.files import read_lines, write_lines
 from benchmarks import fairseq
 

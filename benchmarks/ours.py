@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from a2d.checkpoint import load_model
+from a2d.config import MethodConfig, ModelConfig, SearchConfig
 from a2d.data import ParallelData
-from a2d.distill import DistillationModule, MethodConfig, teacher_forward
+from a2d.distill import DistillationModule, teacher_forward
 from a2d.export import ctranslate2_translate, export_ctranslate2, load_translator
 from a2d.files import read_json
-from a2d.model import ModelConfig, Transformer
-from a2d.search import SearchConfig, speed, timed_translate
+from a2d.model import Transformer
+from a2d.search import speed, timed_translate
 from benchmarks.corpus import Corpus
 from benchmarks.measure import run_measured, thread_env, throughput
 

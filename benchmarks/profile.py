@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from a2d.config import MethodConfig, ModelConfig
 from a2d.data import ParallelData
-from a2d.distill import DistillationModule, MethodConfig
-from a2d.model import ModelConfig, Transformer
+from a2d.distill import DistillationModule
+from a2d.model import Transformer
 from benchmarks import hardware
 from benchmarks.run import HERE, RECIPE, STUDENT, TEACHER
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from a2d.search import SearchConfig
+from a2d.config import SearchConfig
 from benchmarks import corpus as corpus_lib
 from benchmarks import fairseq, hardware, ours, pipeline
 from benchmarks.measure import run_measured, thread_env, throughput

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2d.data import SubwordConfig, encode_corpus, train_sentencepiece
+from a2d.config import ModelConfig, SubwordConfig
+from a2d.data import encode_corpus, train_sentencepiece
 from a2d.files import write_lines
-from a2d.model import ModelConfig, Transformer
+from a2d.model import Transformer
 from a2d.synthetic import generate_splits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import a2d_attention_term, attention_maps, random_batch, target_batch, tiny_model
 
 from a2d.align import AttentionAlignment
-from conftest import a2d_attention_term, attention_maps, random_batch, target_batch, tiny_model
 
 
 def test_aam_maps_student_channels_to_teacher_channels():

@@ -5,12 +5,19 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_model
 from safetensors.torch import load_file, save_file
 
-from a2d.checkpoint import (checkpoint_tags, commit_checkpoint, load_model, new_tag, newest_intact,
-                            prune_checkpoints, save_model)
+from a2d.checkpoint import (
+    checkpoint_tags,
+    commit_checkpoint,
+    load_model,
+    new_tag,
+    newest_intact,
+    prune_checkpoints,
+    save_model,
+)
 from a2d.files import InputError
-from conftest import tiny_model
 
 
 def test_model_loading_is_strict(tmp_path):

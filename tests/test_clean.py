@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from a2d.clean import Cleaning, Preprocess, clean, hold_out, preprocess_lines, prepare
+from a2d.clean import clean, hold_out, prepare, preprocess_lines
+from a2d.config import Cleaning, Preprocess
 from a2d.files import InputError
 
 

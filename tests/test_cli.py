@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, tiny_model
 
 from a2d.checkpoint import save_model
 from a2d.cli import parser
 from a2d.data import load_sentencepiece
 from a2d.model import EOS_ID
-from conftest import ROOT, tiny_model
 
 
 def a2d(*argv: str) -> subprocess.CompletedProcess:
@@ -67,8 +67,7 @@ def test_input_errors_reach_the_user_as_one_line(tmp_path):
 
 
 def test_every_section_option_defaults_to_its_section():
-    from a2d.evaluate import EvaluationConfig
-    from a2d.search import SearchConfig
+    from a2d.config import EvaluationConfig, SearchConfig
 
     args = parser().parse_args(["evaluate", "--hyp", "h", "--ref", "r", "--system", "s", "--test-set", "t",
                                 "--output", "o"])

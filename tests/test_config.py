@@ -9,13 +9,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from conftest import ROOT, snakemake
 
 from a2d.cli import parser
-from a2d.config import PER_SYSTEM, SECTIONS, SystemSpec, schema
+from a2d.config import PER_SYSTEM, SECTIONS, SearchConfig, SystemSpec, schema
 from a2d.plan import validate_config
-from a2d.search import SearchConfig
 from a2d.settings import ConfigError, default_of
-from conftest import ROOT, snakemake
 
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 TINY_REAL = ROOT / "tests" / "configs" / "tiny_real.yaml"

@@ -3,9 +3,10 @@ and the training-only parts but never the teacher, the method's own checks."""
 
 import pytest
 import torch
-
-from a2d.distill import DistillationModule, MethodConfig, teacher_forward
 from conftest import attention_maps, target_batch, tiny_model
+
+from a2d.config import MethodConfig
+from a2d.distill import DistillationModule, teacher_forward
 
 
 def test_layerwise_a2d_equals_a2d_on_per_layer_means():

@@ -22,8 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from a2d.config import SystemSpec, TrainingConfig
-from a2d.distill import MethodConfig
+from a2d.config import MethodConfig, SystemSpec, TrainingConfig
 
 SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
 RTOL = 1e-4

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from a2d.evaluate import EvaluationConfig, score_files, significance
+from a2d.config import EvaluationConfig
+from a2d.evaluate import score_files, significance
 from a2d.files import InputError
 from a2d.plan import seed_pairs
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from a2d.config import ModelConfig, SearchConfig
 from a2d.export import ctranslate2_translate, load_translator, write_ctranslate2
 from a2d.losses import label_smoothed_nll
-from a2d.model import BOS_ID, EOS_ID, PAD_ID, ModelConfig, Transformer
-from a2d.search import SearchConfig, translate
+from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
+from a2d.search import translate
 
 VOCAB = 40
 PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(4, VOCAB)]

@@ -1,11 +1,10 @@
 import dataclasses
 
 import pytest
+from conftest import training_summary
 
 from a2d.figures import plot_alignment, plot_training
 from a2d.files import InputError, write_json
-
-from conftest import training_summary
 
 
 def summary(alignment):

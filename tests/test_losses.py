@@ -4,11 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import a2d_attention_term, attention_maps, target_batch, tiny_model
 
 from a2d import losses
 from a2d.align import AttentionAlignment
+from a2d.config import pkd_layer_map
 from a2d.model import PAD_ID
-from conftest import a2d_attention_term, attention_maps, target_batch, tiny_model
 
 
 def test_label_smoothed_nll_by_hand():
@@ -167,11 +168,11 @@ def test_masked_positions_do_not_change_the_corrected_loss():
 
 
 def test_pkd_layer_maps():
-    assert losses.pkd_layer_map(3, 6, "skip") == [1, 3, 5]
-    assert losses.pkd_layer_map(3, 6, "last") == [3, 4, 5]
-    assert losses.pkd_layer_map(1, 6, "skip") == [5]
+    assert pkd_layer_map(3, 6, "skip") == [1, 3, 5]
+    assert pkd_layer_map(3, 6, "last") == [3, 4, 5]
+    assert pkd_layer_map(1, 6, "skip") == [5]
     with pytest.raises(ValueError, match="only 2"):
-        losses.pkd_layer_map(3, 2, "skip")
+        pkd_layer_map(3, 2, "skip")
 
 
 def test_pkd_loss_by_hand():

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from a2d.model import PAD_ID, ModelConfig, Transformer, count_parameters, dropout, sinusoidal_positions
 from conftest import random_batch, tiny_model
+
+from a2d.config import ModelConfig
+from a2d.model import PAD_ID, Transformer, count_parameters, dropout, sinusoidal_positions
 
 
 def test_output_shapes():

@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT, SNAKEMAKE, snakemake
 from safetensors.torch import load_file
 
 from a2d.checkpoint import tag_order
-
-from conftest import ROOT, SNAKEMAKE, snakemake
 
 
 def planned_jobs(output: str) -> dict[str, int]:

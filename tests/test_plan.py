@@ -5,8 +5,18 @@ import pytest
 import yaml
 
 from a2d.config import SystemSpec
-from a2d.plan import (base_name, baselines, held_out, load_config, results_name, split_datasets, split_spec,
-                      system_spec, systems, validate_config)
+from a2d.plan import (
+    base_name,
+    baselines,
+    held_out,
+    load_config,
+    results_name,
+    split_datasets,
+    split_spec,
+    system_spec,
+    systems,
+    validate_config,
+)
 from a2d.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

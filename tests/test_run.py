@@ -1,7 +1,6 @@
 """The run directory: its name (digest), its step log, which checkpoint a run resumes from."""
 
-from a2d.config import SystemSpec, TrainingConfig
-from a2d.distill import MethodConfig
+from a2d.config import MethodConfig, SystemSpec, TrainingConfig
 from a2d.run import STEPS_HEADER, RunDirectory, run_digest
 
 

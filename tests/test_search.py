@@ -1,9 +1,10 @@
 import pytest
 import torch
-
-from a2d.model import EOS_ID
-from a2d.search import SearchConfig, beam_search, greedy_search, max_lengths, translate
 from conftest import random_batch, tiny_model
+
+from a2d.config import SearchConfig
+from a2d.model import EOS_ID
+from a2d.search import beam_search, greedy_search, max_lengths, translate
 
 
 def sources():

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 import slurm_cluster
+import yaml
 from test_pipeline import ROOT, snakemake, training_pids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e,

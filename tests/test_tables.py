@@ -3,10 +3,10 @@
 import json
 
 import pandas as pd
+from conftest import training_summary
 
 from a2d.files import write_json
 from a2d.tables import write_tables
-from conftest import training_summary
 
 SIG = {"bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}
 

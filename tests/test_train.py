@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from a2d.checkpoint import load_model
-from a2d.config import SystemSpec, TrainingConfig
-from a2d.distill import MethodConfig
+from a2d.config import MethodConfig, SystemSpec, TrainingConfig
 from a2d.train import train
 
 SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
@@ -48,7 +47,7 @@ def test_resume_continues_the_same_run(tiny_corpus, tmp_path):
 def test_changed_spec_starts_a_new_run(tiny_corpus, tmp_path):
     first = run(tiny_corpus, tmp_path, spec(max_steps=2), "c", "c.safetensors")
     other = run(tiny_corpus, tmp_path, spec(max_steps=2, lr=1e-3), "c", "c.safetensors")
-    assert other["run_dir"] != first.run_dir and other["steps"] == 2
+    assert other.run_dir != first.run_dir and other.steps == 2
 
 
 def test_distillation_exports_student_without_aam(tiny_corpus, tmp_path):
