@@ -5,7 +5,6 @@ tests. The settings themselves are typed in `a2d.config`."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import jsonschema
@@ -131,9 +130,9 @@ def split_spec(config: dict, split: str) -> str:
     names = split_datasets(config, split)
     spec = {"languages": [data["source"], data["target"]], "datasets": names,
             "pretokenized": [bool(entries[n].get("pretokenized", False)) for n in names],
-            "preprocess": asdict(section(config, "preprocess"))}
+            "preprocess": section(config, "preprocess").to_dict()}
     if split == "train":
-        spec["cleaning"] = asdict(section(config, "cleaning"))
+        spec["cleaning"] = section(config, "cleaning").to_dict()
         if held_out(config):  # only when used: the spec of existing experiments stays as it was
             spec["held_out"] = held_out(config)
             spec["held_out_seed"] = data.get("held_out_seed", 1)

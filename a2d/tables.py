@@ -16,10 +16,10 @@ import pandas as pd
 
 from a2d.config import Cleaning, EvaluationConfig
 from a2d.files import atomic_path, read_json, write_json
-from a2d.plan import base_name
+from a2d.plan import BASELINE_METHODS, base_name
 from a2d.summary import TrainingSummary
 
-MARKS = {"none": "†", "word_kd": "‡"}  # by the baseline's method (a2d.plan.BASELINE_METHODS)
+MARKS = dict(zip(BASELINE_METHODS, "†‡"))  # by the baseline's method
 METRICS = ("bleu", "chrf")
 PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas", "ctranslate2")
 
@@ -111,8 +111,8 @@ def paper_frame(runs: pd.DataFrame, baselines: dict[str, str], level: float) -> 
 
 def footnote(runs: pd.DataFrame, baselines: dict[str, str], level: float, samples: int, cleaning: dict | None,
              overlap_warning: float) -> list[str]:
-    lines = [f"{mark} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
-             for baseline, mark in ((name, MARKS[method]) for name, method in baselines.items())]
+    lines = [f"{MARKS[method]} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
+             for baseline, method in baselines.items()]
     lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
     if runs["decoding_seconds"].notna().any():
         speed = runs.dropna(subset=["decoding_seconds"]).iloc[0]
