@@ -1,8 +1,10 @@
 """Training objectives, and what the DeepSpeed engine trains: the student plus any training-only
 parameters (the AAM).
 
-The teacher is not in here: the training loop runs it frozen, outside the engine, and passes its
-output in. `forward` returns the loss to back-propagate and every term (`LossTerms`) for logging.
+The teacher is not in here: it stays frozen, outside the engine (`FrozenTeacher`), and the training
+loop passes it in with each batch; the module runs it after the student, so that A2D takes the
+teacher's attention maps layer by layer as they are computed. `forward` returns the loss to
+back-propagate and every term (`LossTerms`) for logging.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from a2d.align import AttentionAlignment
 from a2d.config import MethodConfig, ModelConfig, pkd_layer_map
 from a2d.data import Batch
 from a2d.losses import LossTerms
-from a2d.model import PAD_ID, Seq2SeqOutput, Transformer
+from a2d.model import PAD_ID, AttentionSink, Seq2SeqOutput, Transformer
 
 
 class DistillationModule(nn.Module):
@@ -59,60 +61,69 @@ class DistillationModule(nn.Module):
                 total = total + losses.alp_kd_loss(s_states, t_states[1:], mask)
         return total
 
-    def aligned_maps(self, student: Seq2SeqOutput, teacher: Seq2SeqOutput) -> tuple[dict, dict]:
-        """AAM output and teacher maps of each enabled type, head-averaged per layer if layerwise."""
-        types = self.method.attention_types
-        s = {name: m for name, m in student.attention.items() if name in types}
-        t = {name: m for name, m in teacher.attention.items() if name in types}
-        if self.method.layerwise:
-            s = {name: losses.layer_means(m, self.student.cfg.heads) for name, m in s.items()}
-            t = {name: losses.layer_means(m, self.teacher_heads) for name, m in t.items()}
-        return self.alignment(s), t
-
-    def forward(self, batch: Batch, teacher: Seq2SeqOutput | None, epoch: int, step: int) -> tuple[Tensor, LossTerms]:
+    def forward(self, batch: Batch, teacher: FrozenTeacher | None, epoch: int, step: int) -> tuple[Tensor, LossTerms]:
         m = self.method
         out = self.student(batch.src, batch.prev, return_attention=m.needs_attention, return_hidden=m.needs_hidden)
-        terms = self.a2d_terms(out, teacher, batch, epoch, step) if m.name == "a2d" else self.terms(out, teacher, batch)
+        if m.name == "a2d":
+            terms = self.a2d_terms(out, teacher, batch, epoch, step)
+        else:
+            terms = self.terms(out, teacher(batch) if m.needs_teacher else None, batch)
         # Gradient divided by the number of target tokens, as fairseq does.
         return terms.total / batch.mask.sum(), terms
 
     def terms(self, out: Seq2SeqOutput, teacher: Seq2SeqOutput | None, batch: Batch) -> LossTerms:
         """Label-smoothed CE, plus word-level KD and a feature loss where the method has them."""
         m = self.method
-        ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
-        terms = losses.LossTerms(total=ls, nll=nll, ls=ls)
-        if m.needs_teacher:  # word-level KD, on every token or (selective_kd) the hardest ones
-            kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
-                out.logits, batch.target, batch.mask, m.selective_fraction)
-            terms.kd = losses.word_kd(out.logits, teacher.logits, kd_mask, m.temperature)
-            terms.total = (1.0 - m.alpha) * ls + m.alpha * terms.kd
+        if not m.needs_teacher:
+            ls, nll = losses.label_smoothed_nll(out.logits, batch.target, batch.mask, m.label_smoothing)
+            return losses.LossTerms(total=ls, nll=nll, ls=ls)
+        # word-level KD, on every token or (selective_kd) the hardest ones
+        kd_mask = batch.mask if m.name != "selective_kd" else losses.hardest_tokens(
+            out.logits, batch.target, batch.mask, m.selective_fraction)
+        w = losses.word_level_loss(out.logits, teacher.logits, batch.target, batch.mask, alpha=m.alpha,
+                                   epsilon=m.label_smoothing, temperature=m.temperature, kd_mask=kd_mask)
+        terms = losses.LossTerms(total=w.word, nll=w.nll, ls=w.ls, kd=w.kd)
         if m.needs_hidden:
             terms.feature = self.feature_loss(out, teacher, batch)
             terms.total = terms.total + m.feature_weight * terms.feature
         return terms
 
-    def a2d_terms(self, out: Seq2SeqOutput, teacher: Seq2SeqOutput, batch: Batch, epoch: int, step: int) -> LossTerms:
+    def a2d_terms(self, out: Seq2SeqOutput, teacher: FrozenTeacher, batch: Batch, epoch: int, step: int) -> LossTerms:
+        """The student's maps into the AAM, the teacher's streamed into the loss as it runs."""
         m = self.method
-        aligned, teacher_maps = self.aligned_maps(out, teacher)
-        decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
-        if m.a2d_mode == "faithful":
-            return losses.a2d_faithful_loss(
-                out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps,
-                weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
+        corrected = m.a2d_mode == "corrected"
         source_rows = batch.src != PAD_ID
         query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+        alignment = self.alignment(out.attention, query_masks if corrected else None)
+        teacher_out = teacher(batch, attention_sink=alignment)
+        decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
+        if not corrected:
+            return losses.a2d_faithful_loss(
+                out.logits, teacher_out.logits, batch.target, batch.mask, alignment.kls(),
+                weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
         return losses.a2d_corrected_loss(
-            out.logits, teacher.logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
+            out.logits, teacher_out.logits, batch.target, batch.mask, alignment.kls(),
             weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature, decay=decay)
 
 
-@torch.no_grad()
-def teacher_forward(teacher: Transformer, batch: Batch, method: MethodConfig) -> Seq2SeqOutput | None:
-    """The frozen teacher on the same batch, teacher-forced with the gold prefix (eval mode)."""
-    if not method.needs_teacher:
-        return None
-    out = teacher(batch.src, batch.prev, return_attention=method.needs_attention, return_hidden=method.needs_hidden)
-    if method.name == "minilm":
-        out.self_attention_vectors = {"encoder": teacher.self_attention_vectors("encoder", out.hidden.encoder[-2]),
-                                      "decoder": teacher.self_attention_vectors("decoder", out.hidden.decoder[-2])}
-    return out
+class FrozenTeacher:
+    """The teacher in eval mode without gradients, kept out of the engine: called by the module on
+    the same batch, teacher-forced with the gold prefix. `attention_sink` takes its attention maps
+    layer by layer (A2D); without it, none are computed."""
+
+    def __init__(self, model: Transformer, method: MethodConfig):
+        self.model = model.eval().requires_grad_(False)
+        self.method = method
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, attention_sink: AttentionSink | None = None) -> Seq2SeqOutput:
+        model, method = self.model, self.method
+        out = model(batch.src, batch.prev, return_hidden=method.needs_hidden, attention_sink=attention_sink)
+        if method.name == "minilm":
+            out.self_attention_vectors = {"encoder": model.self_attention_vectors("encoder", out.hidden.encoder[-2]),
+                                          "decoder": model.self_attention_vectors("decoder", out.hidden.decoder[-2])}
+        return out

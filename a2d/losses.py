@@ -55,94 +55,142 @@ def _at_least_fp32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-class _SoftCrossEntropy(torch.autograd.Function):
-    """-sum_v q_v log softmax(s)_v per row, s (N, V) student logits, q (N, V) fixed probabilities.
+# Rows (tokens, or sentences of maps) taken at once where a loss is computed in pieces: as many as
+# keep one piece under this many elements (1 MB in fp32): pieces of one size, reused, rather than
+# larger ones that fragment the heap (peak RSS); a loss needs a few such pieces.
+CHUNK_ELEMENTS = 2 ** 18
 
-    One node whose backward writes softmax(s) - q into a single (N, V) tensor. Built from
-    log_softmax, a product and a sum, the same loss kept two more (N, V) tensors alive and made
-    several more in its backward: the vocabulary-sized tensors are what makes online KD need more
-    memory than training alone (benchmarks/).
-    """
+
+class _KnownGradient(torch.autograd.Function):
+    """scale * `value`, whose gradients with respect to `inputs` were computed with it; the backward
+    pass only scales them by the gradient of whatever uses the value."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, q: Tensor) -> Tensor:
-        lse = torch.logsumexp(s, dim=-1)  # (N,)
-        ctx.save_for_backward(s, q, lse)
-        return lse - torch.bmm(q.unsqueeze(1), s.unsqueeze(2)).view(-1)  # sum_v q_v = 1
+    def forward(ctx, value: Tensor, gradients: list[Tensor], scale: float, *inputs: Tensor) -> Tensor:
+        ctx.gradients, ctx.scale, ctx.dtypes = gradients, scale, [t.dtype for t in inputs]
+        return value * scale
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        s, q, lse = ctx.saved_tensors
-        return torch.sub(s, lse[:, None]).exp_().sub_(q).mul_(grad[:, None]), None
+        factor = grad * ctx.scale
+        return (None, None, None, *(g.mul(factor).to(dtype) for g, dtype in zip(ctx.gradients, ctx.dtypes)))
 
 
-def _value_with_gradient_of(value: Tensor, differentiable: Tensor) -> Tensor:
-    """`value` (computed without a graph), carrying the gradient of `differentiable`, which differs
-    from it by a constant: a KL and the cross-entropy it is built on."""
-    return value + differentiable - differentiable.detach()
+def known_gradient(value: Tensor, gradients: list[Tensor], inputs: list[Tensor], scale: float = 1.0) -> Tensor:
+    """scale * value in the autograd graph of `inputs`, with d value / d input = `gradients`.
 
-
-def _cross_entropy_to(student_logits: Tensor, teacher_probs: Tensor, mask: Tensor, temperature: float) -> Tensor:
-    """-sum_v q_v log p_v summed over `mask` (B, T): student logits (B, T, V) at temperature tau,
-    q given as (B*T, V) probabilities."""
-    student = _at_least_fp32(student_logits).reshape(teacher_probs.shape)
-    if temperature != 1.0:
-        student = student / temperature
-    per_token = _SoftCrossEntropy.apply(student, teacher_probs)
-    return (per_token * mask.reshape(-1).to(per_token.dtype)).sum()
-
-
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
-    """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): -sum_v q_v log p_v per token, summed.
-
-    q is the teacher's distribution at temperature tau (detached), p the student's.
-    (B, T, V) logits, mask (B, T). The tau^2 factor, where wanted, is the caller's.
+    Losses whose intermediates are far larger than their inputs (vocabulary-sized, or one channel
+    per teacher head) compute their gradients piece by piece in the forward pass, so that only
+    tensors of the inputs' size wait for the backward pass.
     """
+    return _KnownGradient.apply(value, gradients, scale, *inputs)
+
+
+@dataclass
+class WordLoss:
+    word: Tensor  # (1 - alpha) * ls + alpha * kd, differentiable
+    nll: Tensor  # the rest: values, summed over the target tokens
+    ls: Tensor
+    kd: Tensor
+
+
+def word_level_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor, *, alpha: float,
+                    epsilon: float, temperature: float = 1.0, kd: str = "kl", kd_mask: Tensor | None = None) -> WordLoss:
+    """Label-smoothed CE and word-level KD (Hinton et al. 2015; Kim & Rush 2016) of the same logits,
+    in one pass over the vocabulary a few hundred tokens at a time.
+
+    Logits (B, T, V); target, mask (B, T); kd_mask (B, T), default `mask`: the tokens KD applies to.
+    kd "kl": tau^2 * KL(q_tau || p_tau) (exactly 0 for equal distributions); "cross_entropy":
+    -sum_v q_v log p_v at tau (the faithful A2D loss's). Each value is that of label_smoothed_nll and
+    of the plain formulas, to the bit; the gradient of `word` is computed with it, so the backward
+    pass keeps one (B, T, V) tensor, not the log-probabilities, the teacher's distribution and the
+    logits themselves (online KD's extra memory over training alone).
+    """
+    V = student_logits.size(-1)
+    student, teacher = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V)
+    tokens, kd_tokens = mask.reshape(-1), (mask if kd_mask is None else kd_mask).reshape(-1)
+    gold = target.reshape(-1)
+    rows_nll, rows_ls, rows_kd = (student.new_empty(len(student), dtype=_at_least_fp32(student).dtype)
+                                  for _ in range(3))
+    grad = torch.empty_like(student)
+    step = max(1, CHUNK_ELEMENTS // V)
     with torch.no_grad():
-        V = teacher_logits.size(-1)
-        teacher_probs = torch.softmax(_at_least_fp32(teacher_logits).reshape(-1, V) / temperature, dim=-1)
-    return _cross_entropy_to(student_logits, teacher_probs, mask, temperature)
+        for start in range(0, len(student), step):
+            rows = slice(start, start + step)
+            rows_nll[rows], rows_ls[rows], rows_kd[rows], grad[rows] = _word_rows(
+                student[rows], teacher[rows], gold[rows], tokens[rows], kd_tokens[rows], alpha=alpha,
+                epsilon=epsilon, temperature=temperature, kd=kd)
+        ls, nll = rows_ls[tokens].sum(), rows_nll[tokens].sum()
+        if kd == "kl":
+            kd_sum = temperature ** 2 * rows_kd[kd_tokens].sum()
+        else:
+            kd_sum = (rows_kd * kd_tokens.to(rows_kd.dtype)).sum()
+    word = known_gradient((1.0 - alpha) * ls + alpha * kd_sum, [grad.view_as(student_logits)], [student_logits])
+    return WordLoss(word=word, nll=nll, ls=ls, kd=kd_sum)
 
 
-def flattened_map_kl(student_mixed: Tensor, teacher_probs: Tensor) -> Tensor:
-    """KL of A2D's faithful mode for one attention type (method doc, section 3).
+def _word_rows(student: Tensor, teacher: Tensor, gold: Tensor, tokens: Tensor, kd_tokens: Tensor, *, alpha: float,
+               epsilon: float, temperature: float, kd: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rows (N, V) of word_level_loss: per row nll, ls and kd, and d[(1-alpha) ls + alpha kd] / d logits."""
+    s, t = _at_least_fp32(student), _at_least_fp32(teacher)
+    lprobs = torch.log_softmax(s, dim=-1)
+    nll = -lprobs.gather(-1, gold[:, None]).squeeze(-1)
+    eps_i = epsilon / (s.size(-1) - 1)
+    ls = (1.0 - epsilon - eps_i) * nll + eps_i * -lprobs.sum(-1)
+    s_tau = s / temperature if temperature != 1.0 else s
+    if kd == "cross_entropy":
+        q = torch.softmax(t / temperature, dim=-1)
+        lse = torch.logsumexp(s_tau, dim=-1)
+        kd_rows = lse - torch.bmm(q.unsqueeze(1), s_tau.unsqueeze(2)).view(-1)  # sum_v q_v = 1
+        p_tau, kd_scale = torch.sub(s_tau, lse[:, None]).exp_(), 1.0 / temperature
+    else:
+        teacher_log = torch.log_softmax(t / temperature, dim=-1)
+        student_log = torch.log_softmax(s_tau, dim=-1)
+        q = teacher_log.exp()
+        kd_rows = (q * (teacher_log - student_log)).sum(-1)
+        p_tau, kd_scale = student_log.exp_(), temperature  # tau^2 * (p_tau - q) / tau
+    # d ls / d logits = p - eps_i - (1 - eps - eps_i) * onehot(gold): the eps_i * V * p terms add to p.
+    grad_ls = lprobs.exp_().sub_(eps_i)
+    grad_ls.scatter_add_(-1, gold[:, None], torch.full_like(nll[:, None], -(1.0 - epsilon - eps_i)))
+    grad_kd = p_tau.sub_(q).mul_(kd_tokens[:, None].to(s.dtype) * (alpha * kd_scale))
+    grad = grad_ls.mul_(tokens[:, None].to(s.dtype) * (1.0 - alpha)).add_(grad_kd)
+    return nll, ls, kd_rows, grad
 
-    student_mixed: AAM output (B, C, Q, K), unnormalised; teacher_probs: teacher maps (B, C, Q, K).
-    Each (b, c) map is flattened to Q*K entries; the student gets log-softmax over the whole map,
-    the teacher gets softmax over its *probabilities* (a second softmax, as the released code does).
-    Returns sum over b, c of KL(teacher || student), unmasked.
+
+def flattened_map_kl(mixed: Tensor, teacher_probs: Tensor) -> tuple[Tensor, Tensor]:
+    """KL of A2D's faithful mode (method doc, section 3), and its gradient with respect to `mixed`.
+
+    mixed: AAM output (B, C, Q, K), unnormalised; teacher_probs: teacher maps (B, C, Q, K). Each
+    (b, c) map is flattened to Q*K entries; the student gets log-softmax over the whole map, the
+    teacher softmax over its *probabilities* (a second softmax, as the released code does).
+    Returns the sum over b, c of KL(teacher || student), unmasked, and d KL / d mixed, which is
+    softmax(student map) - softmax(teacher map).
     """
-    B, C = student_mixed.shape[:2]
-    student = _at_least_fp32(student_mixed).reshape(B * C, -1)
-    with torch.no_grad():  # the value, exactly (0 for equal maps); B*C*Q*K temporaries freed at once
-        teacher_log = torch.log_softmax(_at_least_fp32(teacher_probs).reshape(B * C, -1), dim=-1)
-        kl = F.kl_div(torch.log_softmax(student, dim=-1), teacher_log, log_target=True, reduction="sum")
-        teacher = teacher_log.exp_()
-    # The gradient, that of the cross-entropy (the KL minus the teacher's entropy, a constant), from
-    # one autograd node: these maps grow with max_tokens x length x teacher heads, and the plain
-    # formula kept several of them for the backward pass (benchmarks/: A2D's peak memory).
-    return _value_with_gradient_of(kl, _SoftCrossEntropy.apply(student, teacher).sum())
+    B, C = mixed.shape[:2]
+    student_log = torch.log_softmax(mixed.reshape(B * C, -1), dim=-1)
+    teacher_log = torch.log_softmax(teacher_probs.reshape(B * C, -1), dim=-1)
+    kl = F.kl_div(student_log, teacher_log, log_target=True, reduction="sum")
+    return kl, student_log.exp_().sub_(teacher_log.exp_()).view_as(mixed)
+
+
+def rowwise_attention_kl(mixed: Tensor, teacher_probs: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Corrected A2D KL for one attention type (method doc, section 4), and its gradient.
+
+    mixed (B, C, Q, K): mixed student rows that are valid distributions over keys (the normalised
+    AAM keeps them so); teacher_probs (B, C, Q, K). Masked keys (padding, future positions) hold zero
+    probability on both sides, so they add nothing. query_mask (B, Q) drops padded query rows.
+    Returns the sum over b, c and real rows of KL(teacher row || student row), and d KL / d mixed.
+    """
+    # + tiny rather than a clamp: a student entry that underflows to 0 still gets a gradient.
+    student = mixed + 1e-12
+    kl_rows = (teacher_probs * (torch.log(teacher_probs + 1e-12) - torch.log(student))).sum(-1)  # (B, C, Q)
+    kl = kl_rows.masked_fill(~query_mask[:, None, :], 0.0).sum()
+    return kl, teacher_probs.div(student).mul_(query_mask[:, None, :, None]).neg_()
 
 
 def a2d_decay(beta: float, gamma: float, count: int) -> float:
     """beta * gamma^(count - 1): count is the 1-based epoch (the paper's) or update step."""
     return beta * gamma ** (count - 1)
-
-
-def word_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> Tensor:
-    """Word-level KD (Hinton et al. 2015; Kim & Rush 2016): tau^2 * KL(q_tau || p_tau) per target
-    token, summed over `mask` (B, T). Logits (B, T, V); the teacher is detached.
-
-    The value is the KL itself (exactly 0 for equal distributions); the gradient is that of the
-    cross-entropy, which differs from the KL by the teacher's entropy, a constant.
-    """
-    V = teacher_logits.size(-1)
-    with torch.no_grad():
-        teacher_log = torch.log_softmax(_at_least_fp32(teacher_logits).reshape(-1, V) / temperature, dim=-1)
-        student_log = torch.log_softmax(_at_least_fp32(student_logits).reshape(-1, V) / temperature, dim=-1)
-        teacher = teacher_log.exp()
-        kl = (teacher * (teacher_log - student_log)).sum(-1)[mask.reshape(-1)].sum()
-    return temperature ** 2 * _value_with_gradient_of(kl, _cross_entropy_to(student_logits, teacher, mask, temperature))
 
 
 def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fraction: float) -> Tensor:
@@ -158,65 +206,39 @@ def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fractio
     return chosen.view_as(mask) & mask
 
 
-def rowwise_attention_kl(student_mixed: Tensor, teacher_probs: Tensor, query_mask: Tensor) -> Tensor:
-    """Corrected A2D KL for one attention type (method doc, section 4).
-
-    student_mixed (B, C, Q, K): mixed student rows that are valid distributions over keys (the
-    normalised AAM keeps them so); teacher_probs (B, C, Q, K). Masked keys (padding, future
-    positions) hold zero probability on both sides, so they add nothing. query_mask (B, Q) drops
-    padded query rows. Returns sum over b, c and real rows of KL(teacher row || student row).
-    """
-    teacher = teacher_probs.detach().float()
-    # + tiny rather than a clamp: a student entry that underflows to 0 still gets a gradient.
-    student_log = torch.log(student_mixed.float() + 1e-12)
-    teacher_log = torch.log(teacher + 1e-12)
-    kl_rows = (teacher * (teacher_log - student_log)).sum(-1)  # (B, C, Q)
-    return kl_rows.masked_fill(~query_mask[:, None, :], 0.0).sum()
-
-
-def layer_means(maps: Tensor, heads: int) -> Tensor:
-    """Layerwise A2D: average each layer's heads, (B, L*H, Q, K) -> (B, L, Q, K)."""
-    B, C, Q, K = maps.shape
-    return maps.view(B, C // heads, heads, Q, K).mean(2)
-
-
 def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
-                      aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], *, weights: dict[str, float],
-                      alpha: float, epsilon: float, decay: float) -> LossTerms:
+                      kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
+                      decay: float) -> LossTerms:
     """The A2D loss as the released code computes it (method doc, section 3).
 
     L_word = sum_{non-pad}[(1-alpha)*l_LS + alpha*l_KD] / (B*T_max)   (a mean over padded positions)
     L_att  = decay * sum_k w_k * KL_k, KL_k = flattened_map_kl       (sums over batch and heads;
              the paper's weights are 1, 1/2, 1/2 for encoder self, decoder self, decoder cross)
-    `aligned` holds the AAM output of each enabled type. Returns every term, total =
+    `kls` holds KL_k of each enabled type (a2d.align.AlignmentLoss). Returns every term, total =
     L_word + L_att; the caller divides the gradient by the number of target tokens, as fairseq does.
     """
-    ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
-    kd = soft_cross_entropy(student_logits, teacher_logits, mask)
-    word = ((1.0 - alpha) * ls + alpha * kd) / target.numel()
-    kls = {name: flattened_map_kl(mixed, teacher_maps[name]) for name, mixed in aligned.items()}
+    w = word_level_loss(student_logits, teacher_logits, target, mask, alpha=alpha, epsilon=epsilon, kd="cross_entropy")
+    word = w.word / target.numel()
     attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    return LossTerms(total=word + attention, nll=nll, ls=ls, kd=kd, word=word, attention=attention, attention_kl=kls)
+    return LossTerms(total=word + attention, nll=w.nll, ls=w.ls, kd=w.kd, word=word, attention=attention,
+                     attention_kl=kls)
 
 
 def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
-                       aligned: dict[str, Tensor], teacher_maps: dict[str, Tensor], query_masks: dict[str, Tensor],
-                       *, weights: dict[str, float], alpha: float, epsilon: float, temperature: float,
-                       decay: float) -> LossTerms:
+                       kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
+                       temperature: float, decay: float) -> LossTerms:
     """A2D with row-wise distributions (method doc, section 4); every term a sum over target tokens.
 
     word = sum_{non-pad}[(1-alpha)*l_LS + alpha*tau^2*KL(q_tau || p_tau)]
-    att  = decay * sum_k w_k * rowwise_attention_kl_k / C_k   (per row, averaged over teacher channels)
+    att  = decay * sum_k w_k * KL_k, KL_k = rowwise_attention_kl_k / C_k (averaged over teacher channels)
     The caller divides total by the number of target tokens, so no term depends on batch size.
-    `aligned` must come from the normalised AAM (its rows are distributions).
+    `kls` holds KL_k of each enabled type, from the normalised AAM (its rows are distributions).
     """
-    ls, nll = label_smoothed_nll(student_logits, target, mask, epsilon)
-    kd = word_kd(student_logits, teacher_logits, mask, temperature)
-    word = (1.0 - alpha) * ls + alpha * kd
-    kls = {name: rowwise_attention_kl(mixed, teacher_maps[name], query_masks[name]) / mixed.size(1)
-           for name, mixed in aligned.items()}
+    w = word_level_loss(student_logits, teacher_logits, target, mask, alpha=alpha, epsilon=epsilon,
+                        temperature=temperature)
     attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    return LossTerms(total=word + attention, nll=nll, ls=ls, kd=kd, word=word, attention=attention, attention_kl=kls)
+    return LossTerms(total=w.word + attention, nll=w.nll, ls=w.ls, kd=w.kd, word=w.word, attention=attention,
+                     attention_kl=kls)
 
 
 def pkd_loss(student: list[Tensor], teacher: list[Tensor], layer_map: list[int], mask: Tensor) -> Tensor:

@@ -5,14 +5,17 @@ Dimension letters, used in every docstring and shape comment of a2d:
     L layers, H heads, D model width, E head width (D / H), V vocabulary size.
 
 `Transformer.forward(..., return_attention=True)` also returns, per attention type, the per-head
-attention probabilities of all layers stacked layer-major: channel c = l*H + h, layer 0 = bottom
-(A2D method doc, section 1). Without that flag, attention runs through PyTorch's fused kernel.
+attention probabilities of every layer, bottom first (`AttentionMaps`; stacked, channel c = l*H + h:
+A2D method doc, section 1). `attention_sink=` hands each layer's maps to a consumer as soon as the
+layer has them instead (the A2D loss takes the frozen teacher's that way, so that they are never all
+held at once). Without either, attention runs through PyTorch's fused kernel.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +26,29 @@ from a2d.config import ModelConfig
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the SentencePiece training in a2d.data
 
 
+class AttentionSink(Protocol):
+    def add(self, name: str, probs: Tensor) -> None:
+        """The next layer's (bottom first) probabilities (B, H, Q, K) of attention type `name`."""
+
+
 @dataclass
 class AttentionMaps:
-    """Stacked attention probabilities of one model, one tensor per attention type."""
+    """Attention probabilities of one model: per attention type, one (B, H, Q, K) tensor per layer."""
 
-    encoder_self: Tensor  # (B, L_enc*H, S, S)
-    decoder_self: Tensor  # (B, L_dec*H, T, T)
-    decoder_cross: Tensor  # (B, L_dec*H, T, S)
+    encoder_self: list[Tensor] = field(default_factory=list)  # L_enc x (B, H, S, S)
+    decoder_self: list[Tensor] = field(default_factory=list)  # L_dec x (B, H, T, T)
+    decoder_cross: list[Tensor] = field(default_factory=list)  # L_dec x (B, H, T, S)
+
+    def add(self, name: str, probs: Tensor) -> None:
+        getattr(self, name).append(probs)
 
     def items(self):
         return (("encoder_self", self.encoder_self), ("decoder_self", self.decoder_self),
                 ("decoder_cross", self.decoder_cross))
+
+    def stacked(self) -> dict[str, Tensor]:
+        """Per type, every layer's heads as channels (B, L*H, Q, K), layer-major: c = l*H + h."""
+        return {name: torch.cat(layers, dim=1) for name, layers in self.items()}
 
 
 @dataclass
@@ -47,7 +62,7 @@ class HiddenStates:
 @dataclass
 class Seq2SeqOutput:
     logits: Tensor  # (B, T, V)
-    attention: AttentionMaps | None = None
+    attention: AttentionMaps | AttentionSink | None = None  # whatever took the maps
     hidden: HiddenStates | None = None
     # MiniLMv2: the last self-attention layer's (queries, keys, values), each (B, N, D), by stack
     self_attention_vectors: dict[str, tuple[Tensor, Tensor, Tensor]] | None = None
@@ -113,9 +128,10 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.q_proj(query))  # (B, H, Q, E)
         dropout_p = self.attention_dropout if self.training else 0.0
         if return_attention:
-            scores = q @ keys.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Q, K)
+            # Scale the queries, not the scores, and mask in place: one (B, H, Q, K) temporary fewer.
+            scores = (q / math.sqrt(q.size(-1))) @ keys.transpose(-2, -1)  # (B, H, Q, K)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores.masked_fill_(~mask, float("-inf"))
             probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             context = dropout(probs, dropout_p, self.training) @ values
         else:
@@ -205,7 +221,6 @@ class DecoderLayer(nn.Module):
 class EncoderOutput:
     hidden: Tensor  # (B, S, D)
     key_mask: Tensor  # (B, 1, 1, S) bool, True at real source tokens
-    attention: list[Tensor]  # per layer (B, H, S, S); empty unless asked
     layers: list[Tensor]  # the embedded input, then every layer's output (B, S, D)
 
 
@@ -268,36 +283,36 @@ class Transformer(nn.Module):
         x = x + self.positions[offset:offset + N].to(x.dtype)  # the fp32 table must not promote bf16/fp16
         return dropout(x, self.cfg.dropout, self.training)  # (B, N, D)
 
-    def encode(self, src_tokens: Tensor, return_attention: bool = False) -> EncoderOutput:
-        """src_tokens (B, S), right-padded with PAD_ID."""
+    def encode(self, src_tokens: Tensor, attention: AttentionSink | None = None) -> EncoderOutput:
+        """src_tokens (B, S), right-padded with PAD_ID; each layer's maps go to `attention` if given."""
         key_mask = (src_tokens != PAD_ID)[:, None, None, :]  # (B, 1, 1, S)
         x = self.embed(self.source_embedding, src_tokens)
-        maps, layers = [], [x]
+        layers = [x]
         for layer in self.encoder_layers:
-            x, probs = layer(x, key_mask, return_attention)
+            x, probs = layer(x, key_mask, attention is not None)
             layers.append(x)
-            if return_attention:
-                maps.append(probs)
-        return EncoderOutput(self.encoder_norm(x), key_mask, maps, layers)
+            if attention is not None:
+                attention.add("encoder_self", probs)
+        return EncoderOutput(self.encoder_norm(x), key_mask, layers)
 
     def forward(self, src_tokens: Tensor, prev_tokens: Tensor, return_attention: bool = False,
-                return_hidden: bool = False) -> Seq2SeqOutput:
+                return_hidden: bool = False, attention_sink: AttentionSink | None = None) -> Seq2SeqOutput:
         """Teacher-forced pass. src_tokens (B, S); prev_tokens (B, T) = BOS + target[:-1]."""
-        enc = self.encode(src_tokens, return_attention)
+        attention = attention_sink if attention_sink is not None else AttentionMaps() if return_attention else None
+        enc = self.encode(src_tokens, attention)
         x = self.embed(self.tgt_embed, prev_tokens)
         T = prev_tokens.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
-        self_maps, cross_maps, decoder_layers = [], [], [x]
+        decoder_layers = [x]
         for layer in self.decoder_layers:
             cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
-            x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask, return_attention)
+            x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask,
+                                                  attention is not None)
             decoder_layers.append(x)
-            if return_attention:
-                self_maps.append(self_probs)
-                cross_maps.append(cross_probs)
+            if attention is not None:
+                attention.add("decoder_self", self_probs)
+                attention.add("decoder_cross", cross_probs)
         logits = self.decoder_norm(x) @ self.tgt_embed.weight.t()  # (B, T, V)
-        stack = lambda maps: torch.cat(maps, dim=1)  # noqa: E731  L x (B, H, Q, K) -> (B, L*H, Q, K)
-        attention = AttentionMaps(stack(enc.attention), stack(self_maps), stack(cross_maps)) if return_attention else None
         hidden = HiddenStates(enc.layers, decoder_layers) if return_hidden else None
         return Seq2SeqOutput(logits, attention, hidden)
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from a2d.checkpoint import load_model, load_strictly, save_model
 from a2d.config import SearchConfig, SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
-from a2d.distill import DistillationModule, teacher_forward
+from a2d.distill import DistillationModule, FrozenTeacher
 from a2d.evaluate import corpus_bleu
 from a2d.files import atomic_path, read_lines
 from a2d.launch import Stopped, StopRequest, World, check_world
@@ -176,7 +176,7 @@ class Trainer:
         if spec.method.needs_teacher:
             if files.teacher is None:
                 raise ValueError(f"{spec.name}: method {spec.method.name!r} needs --teacher")
-            self.teacher = load_model(files.teacher).eval().requires_grad_(False)
+            self.teacher = FrozenTeacher(load_model(files.teacher), spec.method)
             try:
                 spec.method.check_fits(self.model_cfg, self.teacher.cfg)
             except ValueError as err:
@@ -228,7 +228,7 @@ class Trainer:
             model=self.module, optimizer=optimizer, config=ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         if self.teacher is not None:
-            self.teacher.to(self.engine.device)
+            self.teacher.model.to(self.engine.device)
         self.progress = Progress()
         if resume is not None:
             _, client = self.engine.load_checkpoint(resume["load_dir"], tag=resume["tag"])
@@ -288,8 +288,7 @@ class Trainer:
         for index in chunk[rank * accumulation:(rank + 1) * accumulation]:
             torch.manual_seed(batch_seed(self.cfg.seed, progress.epoch, index))
             batch = self.train_data.collate(self.batches[index]).to(engine.device)
-            teacher_out = teacher_forward(self.teacher, batch, self.spec.method)
-            loss, terms = engine(batch, teacher_out, progress.epoch, progress.step + 1)
+            loss, terms = engine(batch, self.teacher, progress.epoch, progress.step + 1)
             # One collective per micro-batch: every rank sees a NaN or a stop signal at the same step.
             loss_sum, stops = world.sum([float(loss.detach()), float(self.stop.signum is not None)])
             if not math.isfinite(loss_sum):

@@ -15,10 +15,10 @@ import torch
 from a2d.checkpoint import load_model
 from a2d.config import MethodConfig, ModelConfig, SearchConfig
 from a2d.data import ParallelData
-from a2d.distill import DistillationModule, teacher_forward
+from a2d.distill import DistillationModule, FrozenTeacher
 from a2d.export import ctranslate2_translate, export_ctranslate2, load_translator
 from a2d.files import read_json
-from a2d.model import Transformer
+from a2d.model import AttentionMaps, Transformer
 from a2d.search import speed, timed_translate
 from benchmarks.corpus import Corpus
 from benchmarks.measure import run_measured, thread_env, throughput
@@ -52,23 +52,22 @@ def a2d_overhead(corpus: Corpus, teacher_path: str, shape: dict, recipe: dict, t
     data = ParallelData(str(corpus.train))
     every = data.batches(recipe["max_tokens"], seed=1)
     picked = [every[i * len(every) // batches] for i in range(batches)]
-    teacher = load_model(teacher_path).eval().requires_grad_(False)
+    teacher = FrozenTeacher(load_model(teacher_path), MethodConfig("a2d"))
     cfg = ModelConfig(vocab_size=teacher.cfg.vocab_size, **shape)
-    a2d, logits_only = MethodConfig("a2d"), MethodConfig("word_kd")
     students = {"nokd": DistillationModule(Transformer(cfg), MethodConfig("none")).train(),
-                "a2d": DistillationModule(Transformer(cfg), a2d, teacher.cfg).train()}
+                "a2d": DistillationModule(Transformer(cfg), teacher.method, teacher.cfg).train()}
     optimizers = {name: torch.optim.AdamW(module.parameters(), lr=1e-4) for name, module in students.items()}
 
-    def step(name, batch, teacher_out):
-        loss, _ = students[name](batch, teacher_out, 1, 1)
+    def step(name, batch):
+        loss, _ = students[name](batch, teacher, 1, 1)
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
         optimizers[name].step()
 
-    work = {"nokd_step": lambda b: step("nokd", b, None),
-            "teacher_forward": lambda b: teacher_forward(teacher, b, logits_only),
-            "teacher_forward_with_maps": lambda b: teacher_forward(teacher, b, a2d),
-            "a2d_step": lambda b: step("a2d", b, teacher_forward(teacher, b, a2d))}
+    work = {"nokd_step": lambda b: step("nokd", b),
+            "teacher_forward": lambda b: teacher(b),
+            "teacher_forward_with_maps": lambda b: teacher(b, attention_sink=AttentionMaps()),
+            "a2d_step": lambda b: step("a2d", b)}
     seconds = {name: [] for name in work}
     for round_ in range(rounds + 1):  # round 0 warms up
         for indices in picked:

@@ -34,6 +34,10 @@ A2D = {"name": "a2d"}  # the faithful mode, alpha 0.5, beta 1, gamma 0.9
 # all three apply alike (fairseq's a * length + b takes the batch's padded length where a2d takes
 # each sentence's, and CTranslate2 has one cap per call).
 MAX_OUTPUT = 64
+# The targets (issue 14): ratios against fairseq on the same work, MFU, and A2D's costs.
+TARGETS = {"student training": 1.3, "teacher training": 1.3, "student MFU": 0.65, "teacher MFU": 0.75,
+           "A2D peak RSS": 1.3, "A2D step": 1.10, "beam 5": 1.6, "beam 1": 2.0, "CTranslate2 int8 beam 5": 3.0,
+           "no-op re-run": 10.0}
 
 
 def parse_args(argv=None):
@@ -102,8 +106,10 @@ def main(argv=None):
                                 args.threads)
         report.figure(f"a2d {name} tokens/s", runs[name]["tokens_per_s"])
         report.figure(f"a2d {name} peak RSS (GiB)", runs[name]["peak_rss_gib"])
-        report.figure(f"a2d {name} MFU", hardware.training_gflops(runs[name]["parameters"],
-                                                                  runs[name]["tokens_per_s"]) / peak)
+        mfu = hardware.training_gflops(runs[name]["parameters"], runs[name]["tokens_per_s"]) / peak
+        report.figure(f"a2d {name} MFU", mfu)
+        who = "student" if name == "student_nokd" else "teacher"
+        report.ratio(f"{who} training MFU (fp32)", mfu, TARGETS[f"{who} MFU"])
     # Mixed precision is not the same work as fp32 (no target): shown for what this CPU's bf16 units give.
     for name, shape, updates in (("student_nokd", STUDENT, args.updates // 2), ("teacher", TEACHER, args.teacher_updates)):
         bf16 = ours.train(f"{name}_bf16", shape, {"name": "none"}, {**RECIPE, "precision": "bf16", "zero_stage": 1},
@@ -115,7 +121,7 @@ def main(argv=None):
     report.figure("a2d student_a2d tokens/s", runs["student_a2d"]["tokens_per_s"])
     report.figure("a2d student_a2d peak RSS (GiB)", runs["student_a2d"]["peak_rss_gib"])
     report.ratio("A2D peak RSS / no-KD peak RSS", runs["student_a2d"]["peak_rss_gib"] / runs["student_nokd"]["peak_rss_gib"],
-                 1.5, higher_is_better=False)
+                 TARGETS["A2D peak RSS"], higher_is_better=False)
 
     fairseq_runs = {}
     if fairseq_bin is not None:
@@ -129,15 +135,17 @@ def main(argv=None):
             report.figure(f"fairseq {name} peak RSS (GiB)", fairseq_runs[name]["peak_rss_gib"])
             report.figure(f"fairseq {name} MFU", hardware.training_gflops(
                 runs[name]["parameters"], fairseq_runs[name]["tokens_per_s"]) / peak)
+            who = "student" if name == "student_nokd" else "teacher"
             report.ratio(f"{name} training tokens/s: a2d / fairseq",
-                         runs[name]["tokens_per_s"] / fairseq_runs[name]["tokens_per_s"], 1.5)
+                         runs[name]["tokens_per_s"] / fairseq_runs[name]["tokens_per_s"], TARGETS[f"{who} training"])
 
     section("A2D overhead (seconds per batch, same batches, one process)")
     overhead = ours.a2d_overhead(corpus, runs["teacher"]["model"], STUDENT, RECIPE, args.threads,
                                  args.overhead_batches, args.overhead_rounds)
     for key in ("nokd_step_s", "teacher_forward_s", "teacher_forward_with_maps_s", "a2d_step_s"):
         report.figure(key, overhead[key], "s")
-    report.ratio("A2D step / (no-KD step + teacher forward)", overhead["ratio"], 1.15, higher_is_better=False)
+    report.ratio("A2D step / (no-KD step + teacher forward)", overhead["ratio"], TARGETS["A2D step"],
+                 higher_is_better=False)
 
     section(f"decoding ({args.test_sentences} IWSLT'14 test sentences, batch 128, {MAX_OUTPUT} tokens each)")
     ct2_dir = work / "ours" / "student_nokd.ct2"
@@ -161,14 +169,19 @@ def main(argv=None):
                               f"{speed['tokens_per_s']:.0f} tokens/s ({speed['generated_tokens']} tokens)")
         if fairseq_bin is not None:
             fs = decoding[f"fairseq beam{beam}"]["tokens_per_s"]
-            report.ratio(f"beam {beam} generated tokens/s: a2d / fairseq", decoding[f"a2d beam{beam}"]["tokens_per_s"] / fs, 1.5)
-            report.ratio(f"beam {beam} generated tokens/s: CTranslate2 int8 / fairseq",
-                         decoding[f"ctranslate2 int8 beam{beam}"]["tokens_per_s"] / fs, 1.5)
+            report.ratio(f"beam {beam} generated tokens/s: a2d / fairseq", decoding[f"a2d beam{beam}"]["tokens_per_s"] / fs,
+                         TARGETS[f"beam {beam}"])
+            ct2 = decoding[f"ctranslate2 int8 beam{beam}"]["tokens_per_s"] / fs
+            if f"CTranslate2 int8 beam {beam}" in TARGETS:
+                report.ratio(f"beam {beam} generated tokens/s: CTranslate2 int8 / fairseq", ct2,
+                             TARGETS[f"CTranslate2 int8 beam {beam}"])
+            else:
+                report.figure(f"beam {beam} CTranslate2 int8 / fairseq", ct2)
 
     section("pipeline overhead")
     noop = pipeline.noop_rerun(work / "pipeline")
     report.figure(f"no-op snakemake re-run of the finished {noop['experiment']} experiment (s)", noop["seconds"])
-    report.ratio("no-op re-run seconds", noop["seconds"], 10.0, higher_is_better=False)
+    report.ratio("no-op re-run seconds", noop["seconds"], TARGETS["no-op re-run"], higher_is_better=False)
 
     section(f"summary ({(time.perf_counter() - started) / 60:.1f} min)")
     print(report.table())

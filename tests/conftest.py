@@ -91,19 +91,58 @@ def target_batch():
     return Batch(src, prev, target, target != PAD_ID)
 
 
+def layer_maps(model, batch):
+    """The model's AttentionMaps (per type, one (B, H, Q, K) per layer)."""
+    return model(batch.src, batch.prev, return_attention=True).attention
+
+
 def attention_maps(model, batch):
-    return dict(model(batch.src, batch.prev, return_attention=True).attention.items())
+    """Per type, the model's maps stacked (B, L*H, Q, K)."""
+    return model(batch.src, batch.prev, return_attention=True).attention.stacked()
 
 
-def a2d_attention_term(aligned, teacher_maps, batch, logits, normalised: bool):
-    """The attention part of the corrected (normalised AAM) or the faithful A2D loss, paper weights."""
-    from a2d import losses
+def query_masks(batch):
     from a2d.model import PAD_ID
 
+    return {"encoder_self": batch.src != PAD_ID, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+
+
+def attention_kls(aam, student, teacher, batch=None):
+    """The AAM's KLs per type: the student's AttentionMaps mixed, the teacher's fed layer by layer, as
+    the frozen teacher does; row-wise (`batch`'s query masks) or, without a batch, faithful."""
+    loss = aam(student, None if batch is None else query_masks(batch))
+    for name, layers in teacher.items():
+        for probs in layers:
+            loss.add(name, probs)
+    return loss.kls()
+
+
+def a2d_attention_term(aam, student, teacher, batch, normalised: bool):
+    """The attention part of the corrected (normalised AAM) or the faithful A2D loss, paper weights,
+    of the student's and teacher's AttentionMaps."""
     weights = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
-    if not normalised:
-        return losses.a2d_faithful_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps,
-                                        weights=weights, alpha=0.5, epsilon=0.1, decay=1.0).attention
-    query_masks = {"encoder_self": batch.src != PAD_ID, "decoder_self": batch.mask, "decoder_cross": batch.mask}
-    return losses.a2d_corrected_loss(logits, logits, batch.target, batch.mask, aligned, teacher_maps, query_masks,
-                                     weights=weights, alpha=0.5, epsilon=0.1, temperature=1.0, decay=1.0).attention
+    kls = attention_kls(aam, student, teacher, batch if normalised else None)
+    return sum(weights[name] * kl for name, kl in kls.items())
+
+
+def reference_attention_kls(aam, student: dict, teacher: dict, masks: dict | None = None) -> dict:
+    """The AAM's KLs written plainly from the method doc, for autograd to differentiate: all maps
+    stacked (B, C, Q, K), the student's mixed as a whole; faithful (masks None): KL between softmaxes
+    over each flattened map, the teacher's taken over its probabilities; row-wise: KL per real query
+    row, averaged over the teacher's channels."""
+    out = {}
+    for name, mixer in aam.mixers.items():
+        weight, bias = mixer()
+        mixed = torch.einsum("tm,bmqk->btqk", weight, student[name])
+        if bias is not None:
+            mixed = mixed + bias[None, :, None, None]
+        t = teacher[name]
+        if masks is None:
+            B, C = mixed.shape[:2]
+            log_p = torch.log_softmax(mixed.reshape(B * C, -1), -1)
+            log_q = torch.log_softmax(t.reshape(B * C, -1), -1)
+            out[name] = (log_q.exp() * (log_q - log_p)).sum()
+        else:
+            rows = (t * (torch.log(t + 1e-12) - torch.log(mixed + 1e-12))).sum(-1)
+            out[name] = rows.masked_fill(~masks[name][:, None, :], 0.0).sum() / t.size(1)
+    return out

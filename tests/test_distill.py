@@ -3,27 +3,24 @@ and the training-only parts but never the teacher, the method's own checks."""
 
 import pytest
 import torch
-from conftest import attention_maps, target_batch, tiny_model
+from conftest import attention_kls, layer_maps, target_batch, tiny_model
 
 from a2d.config import MethodConfig
-from a2d.distill import DistillationModule, teacher_forward
+from a2d.distill import DistillationModule, FrozenTeacher
 
 
-def test_layerwise_a2d_equals_a2d_on_per_layer_means():
+def test_a2d_terms_are_the_aams_kls_of_the_two_models_maps():
+    """The module runs the teacher after the student and streams its maps into the AAM's loss."""
     batch = target_batch()
-    student_model, teacher_model = tiny_model(seed=1, heads=2), tiny_model(seed=2, heads=4, d_model=32)
-    method = MethodConfig(name="a2d", layerwise=True)
-    module = DistillationModule(student_model, method, teacher_model.cfg)
-    aligned, teacher_maps = module.aligned_maps(student_model(batch.src, batch.prev, return_attention=True),
-                                                teacher_model(batch.src, batch.prev, return_attention=True))
-    # The same, by hand: per-layer means, then the layer-level mixers.
-    s, t = attention_maps(student_model, batch), attention_maps(teacher_model, batch)
-    for name in aligned:
-        means_s = s[name].view(3, 2, 2, *s[name].shape[2:]).mean(2)
-        means_t = t[name].view(3, 2, 4, *t[name].shape[2:]).mean(2)
-        torch.testing.assert_close(teacher_maps[name], means_t)
-        torch.testing.assert_close(aligned[name], module.alignment.mixers[name](means_s))
-        assert aligned[name].shape[1] == 2  # teacher layers
+    student, teacher = tiny_model(seed=1, heads=2), tiny_model(seed=2, heads=4, d_model=32)
+    for method in (MethodConfig(name="a2d", layerwise=True), MethodConfig(name="a2d", a2d_mode="corrected")):
+        module = DistillationModule(student, method, teacher.cfg).eval()
+        _, terms = module(batch, FrozenTeacher(teacher, method), epoch=1, step=1)
+        expected = attention_kls(module.alignment, layer_maps(student, batch), layer_maps(teacher.eval(), batch),
+                                 batch if method.a2d_mode == "corrected" else None)
+        assert terms.attention_kl.keys() == expected.keys()
+        for name, kl in expected.items():
+            torch.testing.assert_close(terms.attention_kl[name], kl)
 
 
 @pytest.mark.parametrize("method", [
@@ -44,7 +41,7 @@ def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
     module = DistillationModule(student, method, teacher.cfg)
     batch = target_batch()
     teacher.train()
-    loss, terms = module(batch, teacher_forward(teacher, batch, method), epoch=2, step=5)
+    loss, terms = module(batch, FrozenTeacher(teacher, method), epoch=2, step=5)
     loss.backward()
     assert torch.isfinite(loss) and terms.kd > 0
     assert all(p.grad is None for p in teacher.parameters())
@@ -88,7 +85,7 @@ def test_decay_follows_the_configured_unit():
     for unit, changes_with in (("epoch", "epoch"), ("step", "step")):
         torch.manual_seed(0)
         module = DistillationModule(student, MethodConfig(name="a2d", gamma=0.5, decay_every=unit), teacher.cfg)
-        out = teacher_forward(teacher, batch, module.method)
+        out = FrozenTeacher(teacher, module.method)
         base = module(batch, out, epoch=1, step=1)[1].attention.item()
         later_epoch = module(batch, out, epoch=3, step=1)[1].attention.item()
         later_step = module(batch, out, epoch=1, step=3)[1].attention.item()

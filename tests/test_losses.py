@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from conftest import a2d_attention_term, attention_maps, target_batch, tiny_model
+from conftest import a2d_attention_term, layer_maps, target_batch, tiny_model
 
 from a2d import losses
 from a2d.align import AttentionAlignment
 from a2d.config import pkd_layer_map
-from a2d.model import PAD_ID
+from a2d.model import PAD_ID, AttentionMaps
 
 
 def test_label_smoothed_nll_by_hand():
@@ -25,44 +25,74 @@ def test_label_smoothed_nll_by_hand():
     assert ls.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_soft_cross_entropy_by_hand():
+def test_word_level_cross_entropy_by_hand():
     student = torch.tensor([[[0.0, math.log(3.0)]]])  # p = (1/4, 3/4)
     teacher = torch.tensor([[[math.log(2.0), 0.0]]])  # q = (2/3, 1/3)
-    ce = losses.soft_cross_entropy(student, teacher, torch.tensor([[True]]))
-    assert ce.item() == pytest.approx(-(2 / 3 * math.log(1 / 4) + 1 / 3 * math.log(3 / 4)), rel=1e-6)
+    w = losses.word_level_loss(student, teacher, torch.tensor([[1]]), torch.tensor([[True]]), alpha=1.0, epsilon=0.0,
+                               kd="cross_entropy")
+    expected = -(2 / 3 * math.log(1 / 4) + 1 / 3 * math.log(3 / 4))
+    assert w.kd.item() == pytest.approx(expected, rel=1e-6) and w.word.item() == pytest.approx(expected, rel=1e-6)
+    assert w.nll.item() == pytest.approx(-math.log(3 / 4), rel=1e-6)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_kd_gradients_equal_those_of_the_plain_formula(temperature):
-    """The fused cross-entropy node against log_softmax, product and sum, in float64."""
+def plain_word_loss(student, teacher, target, mask, kd_mask, alpha, epsilon, temperature, kd):
+    """(1 - alpha) * label-smoothed CE + alpha * KD, written plainly, for autograd to differentiate."""
+    lprobs = torch.log_softmax(student, -1)
+    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    eps_i = epsilon / (student.size(-1) - 1)
+    ls = ((1 - epsilon - eps_i) * nll - eps_i * lprobs.sum(-1))[mask].sum()
+    q = torch.softmax(teacher / temperature, -1)
+    log_p = torch.log_softmax(student / temperature, -1)
+    if kd == "cross_entropy":
+        kd_value = -(q * log_p).sum(-1)[kd_mask].sum()
+    else:
+        kd_value = temperature ** 2 * (q * (torch.log_softmax(teacher / temperature, -1) - log_p)).sum(-1)[kd_mask].sum()
+    return (1 - alpha) * ls + alpha * kd_value, nll[mask].sum(), ls, kd_value
+
+
+@pytest.mark.parametrize("kd,temperature,chunk", [("kl", 1.0, None), ("kl", 2.0, 14), ("cross_entropy", 1.0, 7),
+                                                  ("cross_entropy", 2.0, None)])
+def test_word_level_loss_equals_the_plain_formula_in_value_and_gradient(kd, temperature, chunk, monkeypatch):
+    """In float64, in one piece and (chunk: elements per piece) in pieces of 1-2 tokens; KD on a subset."""
+    if chunk:
+        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     student = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(2, 3, 7, dtype=torch.float64)
+    target = torch.randint(0, 7, (2, 3))
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    weights = torch.randn(2, 3, 7, dtype=torch.float64)  # a downstream use of the logits as well
+    kd_mask = torch.tensor([[False, True, False], [True, False, False]])
+    downstream = torch.randn(2, 3, 7, dtype=torch.float64)  # another use of the logits as well
 
-    def plain():
-        q = torch.softmax(teacher / temperature, -1)
-        return -(q * torch.log_softmax(student / temperature, -1)).sum(-1)[mask].sum()
-
-    def gradient(loss_fn):
+    def gradient(loss):
         student.grad = None
-        (loss_fn() + (student * weights).sum()).backward()
+        (loss + (student * downstream).sum()).backward()
         return student.grad.clone()
 
-    fused = lambda: losses.soft_cross_entropy(student, teacher, mask, temperature)  # noqa: E731
-    torch.testing.assert_close(fused(), plain())
-    torch.testing.assert_close(gradient(fused), gradient(plain))
-    assert torch.autograd.gradcheck(lambda s: losses.soft_cross_entropy(s, teacher, mask, temperature), (student,))
-    kl = losses.word_kd(student, teacher, mask, temperature)
-    entropy = -(torch.softmax(teacher / temperature, -1) * torch.log_softmax(teacher / temperature, -1)).sum(-1)[mask].sum()
-    torch.testing.assert_close(kl, temperature ** 2 * (plain() - entropy))
+    settings = dict(alpha=0.3, epsilon=0.1, temperature=temperature, kd=kd)
+    fused = losses.word_level_loss(student, teacher, target, mask, kd_mask=kd_mask, **settings)
+    word, nll, ls, kd_value = plain_word_loss(student, teacher, target, mask, kd_mask, **settings)
+    for got, expected in ((fused.word, word), (fused.nll, nll), (fused.ls, ls), (fused.kd, kd_value)):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gradient(fused.word), gradient(word), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda s: losses.word_level_loss(s, teacher, target, mask, kd_mask=kd_mask, **settings).word, (student,))
+
+
+def test_word_level_loss_values_are_those_of_the_separate_formulas_to_the_bit():
+    """fp32 training: the logged values do not move (label_smoothed_nll computes in fp32)."""
+    torch.manual_seed(1)
+    student, teacher = torch.randn(4, 9, 50), torch.randn(4, 9, 50)
+    target, mask = torch.randint(0, 50, (4, 9)), torch.rand(4, 9) > 0.3
+    ls, nll = losses.label_smoothed_nll(student, target, mask, 0.1)
+    w = losses.word_level_loss(student, teacher, target, mask, alpha=0.5, epsilon=0.1)
+    assert torch.equal(w.ls, ls) and torch.equal(w.nll, nll)
 
 
 def test_flattened_kl_is_zero_for_equal_maps_and_positive_otherwise():
     maps = torch.softmax(torch.randn(2, 3, 4, 5), dim=-1)
-    assert losses.flattened_map_kl(maps, maps).item() == pytest.approx(0.0, abs=1e-6)
-    assert losses.flattened_map_kl(maps.flip(-1), maps).item() > 0
+    assert losses.flattened_map_kl(maps, maps)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.flattened_map_kl(maps.flip(-1), maps)[0].item() > 0
 
 
 def test_faithful_a2d_loss_by_hand():
@@ -91,7 +121,9 @@ def test_faithful_a2d_loss_by_hand():
     att = decay * (kl(student["encoder_self"], teacher["encoder_self"])
                    + 0.5 * kl(student["decoder_self"], teacher["decoder_self"])
                    + 0.5 * kl(student["decoder_cross"], teacher["decoder_cross"]))
-    terms = losses.a2d_faithful_loss(s_logits, t_logits, target, mask, as_maps(student), as_maps(teacher),
+    kls = {name: losses.flattened_map_kl(s, t)[0] for (name, s), t in zip(as_maps(student).items(),
+                                                                          as_maps(teacher).values())}
+    terms = losses.a2d_faithful_loss(s_logits, t_logits, target, mask, kls,
                                      weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
                                      alpha=alpha, epsilon=eps, decay=losses.a2d_decay(1.0, 0.9, 3))
     assert terms.word.item() == pytest.approx(word, rel=1e-6)
@@ -104,14 +136,14 @@ def test_a2d_decay():
     assert losses.a2d_decay(2.0, 0.5, 3) == pytest.approx(0.5)
 
 
-def identity_aligned(maps):
-    """A normalised AAM set to the identity, applied to `maps` (same channel counts)."""
+def identity_aam():
+    """A normalised AAM set to the identity (same channel counts as tiny_model)."""
     model = tiny_model()
     aam = AttentionAlignment(model.cfg, model.cfg, normalised=True)
     with torch.no_grad():
         for mixer in aam.mixers.values():
             mixer.logits.copy_(1e4 * torch.eye(mixer.logits.size(0)))
-    return aam(maps)
+    return aam
 
 
 def test_word_kd_by_hand():
@@ -122,9 +154,10 @@ def test_word_kd_by_hand():
     q = [math.exp(math.log(2.0) / tau), math.exp(0.0 / tau)]
     p, q = [x / sum(p) for x in p], [x / sum(q) for x in q]
     expected = tau ** 2 * sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
-    got = losses.word_kd(student, teacher, torch.tensor([[True]]), tau)
-    assert got.item() == pytest.approx(expected, rel=1e-6)
-    assert losses.word_kd(teacher, teacher, torch.tensor([[True]]), tau).item() == pytest.approx(0.0, abs=1e-7)
+    kd = lambda s, t: losses.word_level_loss(s, t, torch.tensor([[0]]), torch.tensor([[True]]), alpha=1.0,  # noqa: E731
+                                             epsilon=0.1, temperature=tau).kd
+    assert kd(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    assert kd(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_selective_kd_keeps_the_hardest_tokens():
@@ -142,29 +175,31 @@ def test_every_kl_is_non_negative():
     for _ in range(5):
         a = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
         b = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
-        assert losses.flattened_map_kl(a, b) >= 0
-        assert losses.rowwise_attention_kl(a, b, torch.ones(2, 4, dtype=torch.bool)) >= 0
+        assert losses.flattened_map_kl(a, b)[0] >= 0
+        assert losses.rowwise_attention_kl(a, b, torch.ones(2, 4, dtype=torch.bool))[0] >= 0
 
 
 def test_corrected_attention_term_is_zero_for_equal_maps_and_identity_aam():
     batch = target_batch()
-    maps = attention_maps(tiny_model(seed=3), batch)
-    logits = torch.randn(3, 5, 50)
-    assert a2d_attention_term(identity_aligned(maps), maps, batch, logits, normalised=True).item() == pytest.approx(0.0, abs=1e-6)
+    maps = layer_maps(tiny_model(seed=3), batch)
+    assert a2d_attention_term(identity_aam(), maps, maps, batch, normalised=True).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_masked_positions_do_not_change_the_corrected_loss():
     batch = target_batch()
-    student, teacher = attention_maps(tiny_model(seed=1), batch), attention_maps(tiny_model(seed=2), batch)
-    logits = torch.randn(3, 5, 50)
+    student, teacher = layer_maps(tiny_model(seed=1), batch), layer_maps(tiny_model(seed=2), batch)
     aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=True)
-    base = a2d_attention_term(aam(student), teacher, batch, logits, normalised=True)
+    base = a2d_attention_term(aam, student, teacher, batch, normalised=True)
     # Scribble over the rows of padded queries, on both sides.
     rows = {"encoder_self": batch.src == PAD_ID, "decoder_self": ~batch.mask, "decoder_cross": ~batch.mask}
-    scribbled_s = {k: v.masked_fill(rows[k][:, None, :, None], 0.37) for k, v in student.items()}
-    scribbled_t = {k: v.masked_fill(rows[k][:, None, :, None], 0.11) for k, v in teacher.items()}
+
+    def scribbled(maps, value):
+        return AttentionMaps(**{k: [m.masked_fill(rows[k][:, None, :, None], value) for m in layers]
+                                for k, layers in maps.items()})
+
     assert rows["encoder_self"].any() and rows["decoder_self"].any()
-    torch.testing.assert_close(a2d_attention_term(aam(scribbled_s), scribbled_t, batch, logits, normalised=True), base)
+    torch.testing.assert_close(a2d_attention_term(aam, scribbled(student, 0.37), scribbled(teacher, 0.11), batch,
+                                                  normalised=True), base)
 
 
 def test_pkd_layer_maps():
@@ -221,12 +256,13 @@ def test_minilm_relations_by_hand_and_invariants():
 
 def test_corrected_a2d_loss_by_hand():
     """One type, one head, one real query row over 2 keys plus a padded row; C = 1, V = 2."""
-    student = {"decoder_cross": torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])}  # (B=1, C=1, Q=2, K=2)
-    teacher = {"decoder_cross": torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])}
-    query_mask = {"decoder_cross": torch.tensor([[True, False]])}  # the second row is padding
+    student = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])  # (B=1, C=1, Q=2, K=2)
+    teacher = torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])
+    query_mask = torch.tensor([[True, False]])  # the second row is padding
     logits = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
     target, mask = torch.tensor([[1, 0]]), torch.tensor([[True, False]])
-    terms = losses.a2d_corrected_loss(logits, logits, target, mask, student, teacher, query_mask,
+    kls = {"decoder_cross": losses.rowwise_attention_kl(student, teacher, query_mask)[0]}
+    terms = losses.a2d_corrected_loss(logits, logits, target, mask, kls,
                                       weights={"decoder_cross": 0.5}, alpha=0.5, epsilon=0.0, temperature=1.0,
                                       decay=0.9)
     kl_row = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)

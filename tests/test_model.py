@@ -14,24 +14,48 @@ def test_output_shapes():
     src, prev = random_batch(S=7, T=5)
     out = model(src, prev, return_attention=True)
     assert out.logits.shape == (3, 5, 50)
-    assert out.attention.encoder_self.shape == (3, 3 * 4, 7, 7)
-    assert out.attention.decoder_self.shape == (3, 2 * 4, 5, 5)
-    assert out.attention.decoder_cross.shape == (3, 2 * 4, 5, 7)
+    assert [m.shape for m in out.attention.encoder_self] == [(3, 4, 7, 7)] * 3
+    assert [m.shape for m in out.attention.decoder_self] == [(3, 4, 5, 5)] * 2
+    assert [m.shape for m in out.attention.decoder_cross] == [(3, 4, 5, 7)] * 2
+    stacked = out.attention.stacked()
+    assert stacked["encoder_self"].shape == (3, 3 * 4, 7, 7) and stacked["decoder_cross"].shape == (3, 2 * 4, 5, 7)
     assert model(src, prev).attention is None
+
+
+def test_an_attention_sink_gets_every_layer_in_order_and_the_same_logits():
+    model = tiny_model(encoder_layers=3, decoder_layers=2)
+    src, prev = random_batch()
+    collected = model(src, prev, return_attention=True)
+
+    class Sink:
+        def __init__(self):
+            self.got = []
+
+        def add(self, name, probs):
+            self.got.append((name, probs))
+
+    sink = Sink()
+    streamed = model(src, prev, attention_sink=sink)
+    assert [name for name, _ in sink.got] == ["encoder_self"] * 3 + ["decoder_self", "decoder_cross"] * 2
+    assert streamed.attention is sink
+    torch.testing.assert_close(streamed.logits, collected.logits, rtol=0, atol=0)
+    for name, layers in collected.attention.items():
+        for got, expected in zip([p for n, p in sink.got if n == name], layers, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_attention_rows_are_distributions_and_respect_masks():
     model = tiny_model()
     src, prev = random_batch()
-    maps = model(src, prev, return_attention=True).attention
-    for _, m in maps.items():
+    maps = model(src, prev, return_attention=True).attention.stacked()
+    for m in maps.values():
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
     pad_keys = (src == PAD_ID)[:, None, None, :]
-    assert (maps.encoder_self.masked_select(pad_keys) == 0).all()
-    assert (maps.decoder_cross.masked_select(pad_keys) == 0).all()
+    assert (maps["encoder_self"].masked_select(pad_keys) == 0).all()
+    assert (maps["decoder_cross"].masked_select(pad_keys) == 0).all()
     T = prev.size(1)
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
-    assert (maps.decoder_self[..., future] == 0).all()
+    assert (maps["decoder_self"][..., future] == 0).all()
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -56,7 +80,7 @@ def test_maps_are_stacked_layer_major():
     """Channel l*H + h holds layer l's head h, layer 0 at the bottom."""
     model = tiny_model(encoder_layers=3, heads=2)
     src, prev = random_batch()
-    stacked = model(src, prev, return_attention=True).attention.encoder_self
+    stacked = model(src, prev, return_attention=True).attention.stacked()["encoder_self"]
     mask = (src != PAD_ID)[:, None, None, :]
     x = model.embed(model.source_embedding, src)
     for i, layer in enumerate(model.encoder_layers):
@@ -121,4 +145,4 @@ def test_self_attention_vectors_match_the_layer():
         split = lambda t: t.view(B, S, 2, D // 2).transpose(1, 2)  # noqa: E731
         scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(D // 2)
         scores = scores.masked_fill(~(src != PAD_ID)[:, None, None, :], float("-inf"))
-        torch.testing.assert_close(torch.softmax(scores, -1), out.attention.encoder_self[:, -2:], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(torch.softmax(scores, -1), out.attention.encoder_self[-1], rtol=1e-4, atol=1e-6)
