@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m a2d`: put the virtualenv first on PATH for them.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test bench venv dry-run clean
+.PHONY: run test bench venv dry-run clean deepspeed-ops
 
 run: $(STAMP)
 	snakemake --profile workflow/profiles/local
@@ -34,7 +34,15 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8 -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory deepspeed-ops
 	touch $(STAMP)
+
+# DeepSpeed compiles its CPU shared-memory op the first time a process starts on CPU (about a minute,
+# two compilers of 1.5 GB each, cached in ~/.cache/torch_extensions): done here, not in the first
+# training job (where it would also show in that job's Snakemake benchmark file).
+deepspeed-ops:
+	DS_ACCELERATOR=cpu $(BIN)/python -W ignore -c "from deepspeed.accelerator import get_accelerator; \
+	get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)"
 
 clean:
 	rm -rf $(VENV) .snakemake
