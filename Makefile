@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m a2d`: put the virtualenv first on PATH for them.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test bench venv dry-run clean deepspeed-ops
+.PHONY: run test bench venv dry-run clean deepspeed-ops gpu-wheels gpu-check
 
 run: $(STAMP)
 	snakemake --profile workflow/profiles/local
@@ -18,6 +18,14 @@ test: $(STAMP)
 DATA ?= ../shared/data
 bench: $(STAMP)
 	python -m benchmarks --data "$(DATA)"
+
+# The GPU check (docs/speed.md#the-gpu-check): `make gpu-wheels` where pip works, then on the GPU
+# machine, with .whl/ beside the working tree, `make gpu-check` (it needs no virtualenv there).
+gpu-wheels: $(STAMP)
+	python -m benchmarks.wheels --out .whl
+
+gpu-check:
+	bash benchmarks/gpu_check.sh .whl
 
 dry-run: $(STAMP)
 	snakemake --profile workflow/profiles/local --dry-run

@@ -8,16 +8,20 @@ import time
 import torch
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Median GFLOP/s of a size x size fp32 matmul (after two warm-up products)."""
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32,
+                device: str = "cpu") -> float:
+    """Median GFLOP/s of a size x size matmul (after two warm-up products)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):
         a @ b
     seconds = []
     for _ in range(repeats):
+        sync()
         started = time.perf_counter()
         a @ b
+        sync()
         seconds.append(time.perf_counter() - started)
     return 2 * size ** 3 / statistics.median(seconds) / 1e9
 
