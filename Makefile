@@ -46,11 +46,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 # DeepSpeed compiles its CPU shared-memory op the first time a process starts on CPU (about a minute,
-# two compilers of 1.5 GB each, cached in ~/.cache/torch_extensions): done here, not in the first
-# training job (where it would also show in that job's Snakemake benchmark file).
+# two compilers of 1.5 GB each; kept in the virtualenv): done here, not by the first training job
+# (where it would also show in that job's Snakemake benchmark file).
 deepspeed-ops:
-	DS_ACCELERATOR=cpu $(BIN)/python -W ignore -c "from deepspeed.accelerator import get_accelerator; \
-	get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)"
+	$(BIN)/python -W ignore -c "from a2d.launch import build_cpu_ops; build_cpu_ops()"
 
 clean:
 	rm -rf $(VENV) .snakemake

@@ -103,14 +103,15 @@ class AlignmentLoss:
     """A2D's attention KL of one batch per type, taking the teacher's maps layer by layer (`add`).
 
     `mixing`: per type the AAM's (W (C_T, C_S), bias or None); `student`: per type the student's
-    maps, one (B, C, Q, K) per layer. `kls()` returns the KLs, whose backward pass hands the
-    gradients computed here to the student's maps and the mixers.
+    maps, one (B, C, Q, K) per layer; `as_channels`: a teacher layer's maps as its channels (the
+    heads, or their mean). `kls()` returns the KLs, whose backward pass hands the gradients computed
+    here to the student's maps and the mixers.
     """
 
     def __init__(self, mixing: dict[str, tuple[Tensor, Tensor | None]], student: dict[str, list[Tensor]],
-                 teacher_channels: dict[str, int], query_masks: dict[str, Tensor] | None, teacher_layer):
+                 teacher_channels: dict[str, int], query_masks: dict[str, Tensor] | None, as_channels):
         self.mixing, self.student, self.query_masks = mixing, student, query_masks
-        self.teacher_channels, self.teacher_layer = teacher_channels, teacher_layer
+        self.teacher_channels, self.as_channels = teacher_channels, as_channels
         like = next(iter(student.values()))[0]
         self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         self.filled = {name: 0 for name in student}  # teacher channels seen so far
@@ -125,7 +126,7 @@ class AlignmentLoss:
         """The teacher's next layer of type `name` (B, H, Q, K): its KL and gradients, added."""
         if name not in self.student:
             return
-        teacher = self.teacher_layer(probs).to(self.dtype)
+        teacher = self.as_channels(probs).to(self.dtype)
         first = self.filled[name]
         channels = slice(first, first + teacher.size(1))
         self.filled[name] = channels.stop

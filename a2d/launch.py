@@ -150,6 +150,23 @@ def check_world(processes: int, nodes: int, devices: int) -> None:
             raise RuntimeError(f"{processes} processes per node for {devices} GPU(s): use one process per GPU")
 
 
+def cache_ops_in_this_environment() -> None:
+    """DeepSpeed builds some ops on first use (on CPU: its shared-memory communication op, about a
+    minute and two 1.5 GB compilers): keep them in this Python environment (sys.prefix) rather than
+    ~/.cache/torch_extensions, which every environment shares and where two checkouts rebuilt each
+    other's op at every switch. TORCH_EXTENSIONS_DIR, where set, wins."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
+
+def build_cpu_ops() -> None:
+    """The CPU op built now (`make venv`), so that no training job builds it."""
+    cache_ops_in_this_environment()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+
+
 class World:
     """The data-parallel world of one training job, joined once: which process this is, and the
     collectives, which every process must call at the same point.
@@ -163,6 +180,7 @@ class World:
         if "RANK" not in os.environ:  # a free port, so that two trainings can run side by side
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(free_port()))
+        cache_ops_in_this_environment()
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)

@@ -200,21 +200,20 @@ class DecoderLayer(nn.Module):
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
     def forward(self, x: Tensor, self_mask: Tensor | None, cross_keys: Tensor, cross_values: Tensor,
-                cross_mask: Tensor, return_attention: bool, past: tuple[Tensor, Tensor] | None = None):
-        """x (B, T, D). `past`: cached self-attention keys and values (B, H, t, E) of earlier positions.
-        Returns x, this layer's full self-attention keys and values, and the two attention maps."""
+                cross_mask: Tensor, return_attention: bool, cache: KeyValueCache | None = None):
+        """x (B, T, D). `cache`: the self-attention keys and values of earlier positions (decoding),
+        which this step's are added to. Returns x and the two attention maps."""
         def self_attend(h):
             keys, values = self.self_attn.project_kv(h)
-            if past is not None:
-                keys, values = torch.cat([past[0], keys], dim=2), torch.cat([past[1], values], dim=2)
-            out, probs = self.self_attn(h, keys, values, self_mask, return_attention)
-            return out, probs, keys, values
+            if cache is not None:
+                keys, values = cache.append(keys, values)
+            return self.self_attn(h, keys, values, self_mask, return_attention)
 
-        x, (self_probs, keys, values) = self.self_attn_block(x, self_attend)
+        x, (self_probs,) = self.self_attn_block(x, self_attend)
         x, (cross_probs,) = self.cross_attn_block(
             x, lambda h: self.cross_attn(h, cross_keys, cross_values, cross_mask, return_attention))
         x, _ = self.ffn_block(x, lambda h: (self.ffn(h),))
-        return x, (keys, values), self_probs, cross_probs
+        return x, self_probs, cross_probs
 
 
 @dataclass
@@ -224,26 +223,68 @@ class EncoderOutput:
     layers: list[Tensor]  # the embedded input, then every layer's output (B, S, D)
 
 
+class KeyValueCache:
+    """One decoder layer's self-attention keys and values of the positions decoded so far, for
+    each row (B, H, t, E), in a buffer allocated for the longest output: a step writes its position
+    in place, and a beam reordering copies the filled part into a second buffer and swaps. (Growing
+    the cache by concatenation, and reordering into fresh tensors, copied and allocated the whole
+    cache at every step: most of a beam search's time.)"""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length, self.rows = capacity, 0, 0
+        self.buffer = self.spare = None  # (rows, 2, H, capacity, E): keys, then values
+
+    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """This step's keys and values (B, H, 1, E) added; returns all of them so far (B, H, t+1, E)."""
+        if self.buffer is None:
+            self.rows = keys.size(0)
+            self.buffer = keys.new_empty(self.rows, 2, keys.size(1), self.capacity, keys.size(3))
+        elif self.length == self.buffer.size(3):  # longer than planned: twice the room
+            grown = self.buffer.new_empty(*self.buffer.shape[:3], 2 * self.buffer.size(3), self.buffer.size(4))
+            grown[..., :self.length, :] = self.buffer[..., :self.length, :]
+            self.buffer, self.spare = grown, None
+        self.buffer[:self.rows, 0, :, self.length] = keys[:, :, 0]
+        self.buffer[:self.rows, 1, :, self.length] = values[:, :, 0]
+        self.length += 1
+        filled = self.buffer[:self.rows, :, :, :self.length]
+        return filled[:, 0], filled[:, 1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index`, in that order (fewer rows when sentences leave the batch)."""
+        if self.buffer is None:
+            return
+        if self.spare is None or self.spare.shape[1:] != self.buffer.shape[1:] or len(self.spare) < len(index):
+            self.spare = self.buffer.new_empty(max(len(self.buffer), len(index)), *self.buffer.shape[1:])
+        torch.index_select(self.buffer[:self.rows, ..., :self.length, :], 0, index,
+                           out=self.spare[:index.numel(), ..., :self.length, :])
+        self.buffer, self.spare, self.rows = self.spare, self.buffer, index.numel()
+
+
 @dataclass
 class DecoderState:
-    """Key/value cache for incremental decoding: one entry per decoder layer."""
+    """The state of incremental decoding: per decoder layer a self-attention cache, and the
+    cross-attention keys and values, computed once from the encoder output."""
 
-    self_keys: list[Tensor]  # (B, H, t, E) each, grows by one position per step
-    self_values: list[Tensor]
-    cross_keys: list[Tensor]  # (B, H, S, E) each, computed once from the encoder output
+    caches: list[KeyValueCache]
+    cross_keys: list[Tensor]  # (B, H, S, E) each
     cross_values: list[Tensor]
     cross_mask: Tensor  # (B, 1, 1, S)
 
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
     def select(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
-        """Keep batch rows `index` (beam reordering), in that order. `same_sources`: every row keeps
-        the source it had (beams reordered within their sentence), so the encoder-side cache, which
-        is the same for all beams of a sentence, is kept as it is rather than copied."""
-        pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
-        if same_sources:
-            return DecoderState(pick(self.self_keys), pick(self.self_values), self.cross_keys, self.cross_values,
-                                self.cross_mask)
-        return DecoderState(pick(self.self_keys), pick(self.self_values), pick(self.cross_keys),
-                            pick(self.cross_values), self.cross_mask.index_select(0, index))
+        """Keep batch rows `index` (beam reordering), in that order; the caches are reordered in place.
+        `same_sources`: every row keeps the source it had (beams reordered within their sentence), so
+        the encoder-side cache, which is the same for all beams of a sentence, is kept as it is."""
+        for cache in self.caches:
+            cache.reorder(index)
+        if not same_sources:
+            pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
+            self.cross_keys, self.cross_values = pick(self.cross_keys), pick(self.cross_values)
+            self.cross_mask = self.cross_mask.index_select(0, index)
+        return self
 
 
 class Transformer(nn.Module):
@@ -306,8 +347,8 @@ class Transformer(nn.Module):
         decoder_layers = [x]
         for layer in self.decoder_layers:
             cross_keys, cross_values = layer.cross_attn.project_kv(enc.hidden)
-            x, _, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask,
-                                                  attention is not None)
+            x, self_probs, cross_probs = layer(x, causal, cross_keys, cross_values, enc.key_mask,
+                                               attention is not None)
             decoder_layers.append(x)
             if attention is not None:
                 attention.add("decoder_self", self_probs)
@@ -325,25 +366,20 @@ class Transformer(nn.Module):
 
     # Incremental decoding (beam search): one target position at a time with a key/value cache.
 
-    def start_decoding(self, enc: EncoderOutput) -> DecoderState:
-        empty = enc.hidden.new_zeros(enc.hidden.size(0), self.cfg.heads, 0, self.cfg.d_model // self.cfg.heads)
+    def start_decoding(self, enc: EncoderOutput, max_steps: int = 16) -> DecoderState:
+        """The state before the first step; the caches hold `max_steps` positions before they grow."""
         cross = [layer.cross_attn.project_kv(enc.hidden) for layer in self.decoder_layers]
-        n = len(self.decoder_layers)
-        return DecoderState([empty] * n, [empty] * n, [k for k, _ in cross], [v for _, v in cross], enc.key_mask)
+        return DecoderState([KeyValueCache(max_steps) for _ in self.decoder_layers], [k for k, _ in cross],
+                            [v for _, v in cross], enc.key_mask)
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """tokens (B,) at position state.length; returns log-probabilities (B, V) and the grown state."""
-        position = state.self_keys[0].size(2)
-        x = self.embed(self.tgt_embed, tokens[:, None], offset=position)  # (B, 1, D)
-        new_keys, new_values = [], []
+        """tokens (B,) at position state.length; returns log-probabilities (B, V) and the state, grown
+        by this position (in place)."""
+        x = self.embed(self.tgt_embed, tokens[:, None], offset=state.length)  # (B, 1, D)
         for i, layer in enumerate(self.decoder_layers):
-            past = (state.self_keys[i], state.self_values[i])
-            x, (keys, values), _, _ = layer(x, None, state.cross_keys[i], state.cross_values[i], state.cross_mask,
-                                            False, past=past)
-            new_keys.append(keys)  # (B, H, t+1, E)
-            new_values.append(values)
+            x, _, _ = layer(x, None, state.cross_keys[i], state.cross_values[i], state.cross_mask, False,
+                            cache=state.caches[i])
         logits = self.decoder_norm(x[:, 0]) @ self.tgt_embed.weight.t()  # (B, V)
-        state = DecoderState(new_keys, new_values, state.cross_keys, state.cross_values, state.cross_mask)
         return torch.log_softmax(logits.float(), dim=-1), state
 
 

@@ -43,19 +43,19 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: 
     """src (B, S) -> one token list per sentence (without EOS)."""
     B, device = src.size(0), src.device
     limits = max_lengths(model, src, max_len_a, max_len_b)
-    state = model.start_decoding(model.encode(src))
+    state = model.start_decoding(model.encode(src), max_steps=int(limits.max()) + 1)
     tokens = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
-    outputs, finished = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=device)
+    steps, finished = [], torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(int(limits.max()) + 1):
         lprobs, state = model.decode_step(tokens, state)
         tokens = _next_token_lprobs(lprobs, step, step >= limits, min_len).argmax(-1)  # (B,)
-        for b in (~finished).nonzero().flatten().tolist():
-            if tokens[b] != EOS_ID:
-                outputs[b].append(int(tokens[b]))
+        steps.append(tokens.masked_fill(finished, EOS_ID))
         finished |= tokens == EOS_ID
         if finished.all():
             break
-    return outputs
+    # Each row up to its first EOS (every row has one: a row at its limit may only emit EOS).
+    out = torch.stack(steps, dim=1).tolist()  # (B, steps)
+    return [row[:row.index(EOS_ID)] for row in out]
 
 
 @torch.no_grad()
@@ -68,7 +68,8 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
     """
     B, k, device = src.size(0), beam_size, src.device
     limits = max_lengths(model, src, max_len_a, max_len_b)
-    state = model.start_decoding(model.encode(src)).select(torch.arange(B, device=device).repeat_interleave(k))
+    state = model.start_decoding(model.encode(src), max_steps=int(limits.max()) + 1)
+    state = state.select(torch.arange(B, device=device).repeat_interleave(k))
     active = torch.arange(B, device=device)  # (A,) original index of each sentence still searched
     scores = torch.full((B, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at the first step all beams are identical: expand only one

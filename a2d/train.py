@@ -219,8 +219,9 @@ class Trainer:
 
         cfg, world = self.cfg, self.world
         resume = world.broadcast(self.run.checkpoint_to_resume(world.size, log) if world.main else None)
+        # fused: one kernel over all parameters (on CPU the per-tensor loop took a fifth of a teacher step)
         optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+                                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True)
         schedule = inverse_sqrt_schedule(cfg)
         ds_config = deepspeed_config(self.spec, world.size, self.accumulation,
                                      load_universal=bool(resume and resume["universal"]))

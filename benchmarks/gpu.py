@@ -123,7 +123,7 @@ def training(args, shape: dict, method: dict, peak_gflops: float) -> dict:
     student = Transformer(ModelConfig(vocab_size=args.vocab, **shape))
     module = DistillationModule(student, method_cfg, teacher_cfg if method_cfg.needs_teacher else None)
     module = module.to(device, dtype).train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True)
     batches = [random_batch(args, device, seed) for seed in range(4)]
     seconds = tokens = 0
     for step in range(5 + args.steps):

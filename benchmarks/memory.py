@@ -49,7 +49,7 @@ def measure(corpus: Path, method: dict, threads: int) -> dict:
     teacher = FrozenTeacher(Transformer(teacher_cfg), method_cfg)
     module = DistillationModule(Transformer(ModelConfig(vocab_size=8000, **STUDENT)), method_cfg,
                                 teacher_cfg if method_cfg.needs_teacher else None).train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True)
     steps, loaded = [], peak_gib()
     for indices in hungriest_batches(data, RECIPE["max_tokens"]):
         batch = data.collate(indices)

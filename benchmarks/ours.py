@@ -56,7 +56,7 @@ def a2d_overhead(corpus: Corpus, teacher_path: str, shape: dict, recipe: dict, t
     cfg = ModelConfig(vocab_size=teacher.cfg.vocab_size, **shape)
     students = {"nokd": DistillationModule(Transformer(cfg), MethodConfig("none")).train(),
                 "a2d": DistillationModule(Transformer(cfg), teacher.method, teacher.cfg).train()}
-    optimizers = {name: torch.optim.AdamW(module.parameters(), lr=1e-4) for name, module in students.items()}
+    optimizers = {name: torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True) for name, module in students.items()}
 
     def step(name, batch):
         loss, _ = students[name](batch, teacher, 1, 1)

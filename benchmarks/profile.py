@@ -41,7 +41,7 @@ def main(argv=None):
     random.Random(1).shuffle(batches)
     shape = STUDENT if args.shape == "student" else TEACHER
     module = DistillationModule(Transformer(ModelConfig(vocab_size=8000, **shape)), MethodConfig("none")).train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True)
 
     def step(indices) -> int:
         batch = data.collate(indices)
