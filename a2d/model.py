@@ -364,14 +364,16 @@ class Transformer(nn.Module):
         h = layer.self_attn_block.norm(layer_input) if self.cfg.pre_norm else layer_input
         return layer.self_attn.q_proj(h), layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
 
-    # Incremental decoding (beam search): one target position at a time with a key/value cache.
+    # Incremental decoding (search, no gradients): one target position at a time with a key/value cache.
 
+    @torch.no_grad()
     def start_decoding(self, enc: EncoderOutput, max_steps: int = 16) -> DecoderState:
         """The state before the first step; the caches hold `max_steps` positions before they grow."""
         cross = [layer.cross_attn.project_kv(enc.hidden) for layer in self.decoder_layers]
         return DecoderState([KeyValueCache(max_steps) for _ in self.decoder_layers], [k for k, _ in cross],
                             [v for _, v in cross], enc.key_mask)
 
+    @torch.no_grad()
     def decode_step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """tokens (B,) at position state.length; returns log-probabilities (B, V) and the state, grown
         by this position (in place)."""

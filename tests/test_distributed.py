@@ -256,3 +256,15 @@ def test_two_nodes_meet_on_loopback_and_follow_one_process(tiny_corpus, tmp_path
     run_train(tiny_corpus, system, tmp_path / "one", processes=1)
     assert_same_trajectory(losses(tmp_path / "one"), losses(out))
     assert_close_weights(tmp_path / "one" / "model.safetensors", out / "model.safetensors")
+
+
+def test_deepspeeds_ops_are_cached_in_this_python_environment(monkeypatch):
+    """Not in ~/.cache, which every environment shares (two checkouts rebuilt each other's op)."""
+    from a2d import launch
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    launch.cache_ops_in_this_environment()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    launch.cache_ops_in_this_environment()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/elsewhere"

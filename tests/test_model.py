@@ -94,10 +94,27 @@ def test_incremental_decoding_matches_teacher_forcing(pre_norm):
     src, prev = random_batch(B=2)
     prev[:] = prev[0]  # no target padding: every position is a real step
     full = torch.log_softmax(model(src, prev).logits, dim=-1)
-    state = model.start_decoding(model.encode(src))
-    for t in range(prev.size(1)):
-        step, state = model.decode_step(prev[:, t], state)
-        torch.testing.assert_close(step, full[:, t], rtol=1e-4, atol=1e-5)
+    for room in (16, 2):  # the caches hold every position, or grow twice
+        state = model.start_decoding(model.encode(src), max_steps=room)
+        for t in range(prev.size(1)):
+            step, state = model.decode_step(prev[:, t], state)
+            torch.testing.assert_close(step, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_reordered_caches_decode_as_the_reordered_sentences_would():
+    """Rows picked (and dropped) mid-decoding: the next step equals teacher forcing of those rows."""
+    model = tiny_model()
+    src, prev = random_batch(B=3)
+    prev[:] = prev[0]
+    full = torch.log_softmax(model(src, prev).logits, dim=-1)
+    state = model.start_decoding(model.encode(src), max_steps=3)
+    for t in range(2):
+        model.decode_step(prev[:, t], state)
+    rows = torch.tensor([2, 0])  # sentence 1 leaves, 0 and 2 swap
+    state.select(rows)
+    for t in range(2, prev.size(1)):
+        step, state = model.decode_step(prev[rows, t], state)
+        torch.testing.assert_close(step, full[rows, t], rtol=1e-4, atol=1e-5)
 
 
 def test_sinusoidal_positions():
