@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from a2d.config import SearchConfig
 from benchmarks import corpus as corpus_lib
 from benchmarks import fairseq, hardware, ours, pipeline
@@ -110,8 +112,16 @@ def main(argv=None):
         report.figure(f"a2d {name} MFU", mfu)
         who = "student" if name == "student_nokd" else "teacher"
         report.ratio(f"{who} training MFU (fp32)", mfu, TARGETS[f"{who} MFU"])
-    # Mixed precision is not the same work as fp32 (no target): shown for what this CPU's bf16 units give.
+    # Mixed precision is not the same work as fp32 (no target): shown for what this CPU's bf16 units give,
+    # where it has them (without, bf16 products are emulated: 20x slower than fp32 on an AVX2-only EPYC).
+    bf16_peak = hardware.matmul_peak(args.threads, size=1024, dtype=torch.bfloat16)
+    report.figure("bf16 matmul 1024x1024 (GFLOP/s)", bf16_peak)
+    native_bf16 = bf16_peak > peak / 2
+    if not native_bf16:
+        print("  bf16 training skipped: this CPU has no native bf16 matrix products", flush=True)
     for name, shape, updates in (("student_nokd", STUDENT, args.updates // 2), ("teacher", TEACHER, args.teacher_updates)):
+        if not native_bf16:
+            break
         bf16 = ours.train(f"{name}_bf16", shape, {"name": "none"}, {**RECIPE, "precision": "bf16", "zero_stage": 1},
                           updates, args.skip, corpus, work, args.threads)
         report.figure(f"a2d {name} bf16 (ZeRO-1) tokens/s", bf16["tokens_per_s"])
