@@ -96,13 +96,14 @@ class DistillationModule(nn.Module):
         query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
         alignment = self.alignment(out.attention, query_masks if corrected else None)
         teacher_out = teacher(batch, attention_sink=alignment)
+        kls = alignment.kls()
         decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
         if not corrected:
             return losses.a2d_faithful_loss(
-                out.logits, teacher_out.logits, batch.target, batch.mask, alignment.kls(),
+                out.logits, teacher_out.logits, batch.target, batch.mask, kls,
                 weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
         return losses.a2d_corrected_loss(
-            out.logits, teacher_out.logits, batch.target, batch.mask, alignment.kls(),
+            out.logits, teacher_out.logits, batch.target, batch.mask, kls,
             weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature, decay=decay)
 
 
