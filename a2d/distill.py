@@ -110,7 +110,8 @@ class DistillationModule(nn.Module):
 class FrozenTeacher:
     """The teacher in eval mode without gradients, kept out of the engine: called by the module on
     the same batch, teacher-forced with the gold prefix. `attention_sink` takes its attention maps
-    layer by layer (A2D); without it, none are computed."""
+    layer by layer (A2D); without it, none are computed. Its logits are deferred: the word-level
+    loss computes them a few hundred positions at a time."""
 
     def __init__(self, model: Transformer, method: MethodConfig):
         self.model = model.eval().requires_grad_(False)
@@ -123,7 +124,8 @@ class FrozenTeacher:
     @torch.no_grad()
     def __call__(self, batch: Batch, attention_sink: AttentionSink | None = None) -> Seq2SeqOutput:
         model, method = self.model, self.method
-        out = model(batch.src, batch.prev, return_hidden=method.needs_hidden, attention_sink=attention_sink)
+        out = model(batch.src, batch.prev, return_hidden=method.needs_hidden, attention_sink=attention_sink,
+                    defer_logits=True)
         if method.name == "minilm":
             out.self_attention_vectors = {"encoder": model.self_attention_vectors("encoder", out.hidden.encoder[-2]),
                                           "decoder": model.self_attention_vectors("decoder", out.hidden.decoder[-2])}

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from a2d.model import DeferredLogits
+
 
 @dataclass
 class LossTerms:
@@ -59,6 +61,10 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 # keep one piece under this many elements (1 MB in fp32): pieces of one size, reused, rather than
 # larger ones that fragment the heap (peak RSS); a loss needs a few such pieces.
 CHUNK_ELEMENTS = 2 ** 18
+# The word-level loss's pieces are larger (8 MB in fp32; ~260 tokens at a vocabulary of 8,000): a
+# deferred teacher's logits are a matrix product per piece, which at 32 rows ran at a third of the
+# speed of 256 (measured, 2 cores).
+WORD_PIECE_ELEMENTS = 2 ** 21
 
 
 class _KnownGradient(torch.autograd.Function):
@@ -94,12 +100,14 @@ class WordLoss:
     kd: Tensor
 
 
-def word_level_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor, *, alpha: float,
-                    epsilon: float, temperature: float = 1.0, kd: str = "kl", kd_mask: Tensor | None = None) -> WordLoss:
+def word_level_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
+                    *, alpha: float, epsilon: float, temperature: float = 1.0, kd: str = "kl",
+                    kd_mask: Tensor | None = None) -> WordLoss:
     """Label-smoothed CE and word-level KD (Hinton et al. 2015; Kim & Rush 2016) of the same logits,
     in one pass over the vocabulary a few hundred tokens at a time.
 
-    Logits (B, T, V); target, mask (B, T); kd_mask (B, T), default `mask`: the tokens KD applies to.
+    Logits (B, T, V), the teacher's possibly deferred; target, mask (B, T); kd_mask (B, T), default
+    `mask`: the tokens KD applies to.
     kd "kl": tau^2 * KL(q_tau || p_tau) (exactly 0 for equal distributions); "cross_entropy":
     -sum_v q_v log p_v at tau (the faithful A2D loss's). Each value is that of label_smoothed_nll and
     of the plain formulas, to the bit; the gradient of `word` is computed with it, so the backward
@@ -107,18 +115,20 @@ def word_level_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tens
     logits themselves (online KD's extra memory over training alone).
     """
     V = student_logits.size(-1)
-    student, teacher = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V)
+    student = student_logits.reshape(-1, V)
+    teacher_rows = (teacher_logits.rows if isinstance(teacher_logits, DeferredLogits)
+                    else teacher_logits.reshape(-1, V).__getitem__)
     tokens, kd_tokens = mask.reshape(-1), (mask if kd_mask is None else kd_mask).reshape(-1)
     gold = target.reshape(-1)
     rows_nll, rows_ls, rows_kd = (student.new_empty(len(student), dtype=_at_least_fp32(student).dtype)
                                   for _ in range(3))
     grad = torch.empty_like(student)
-    step = max(1, CHUNK_ELEMENTS // V)
+    step = max(1, WORD_PIECE_ELEMENTS // V)
     with torch.no_grad():
         for start in range(0, len(student), step):
             rows = slice(start, start + step)
             rows_nll[rows], rows_ls[rows], rows_kd[rows], grad[rows] = _word_rows(
-                student[rows], teacher[rows], gold[rows], tokens[rows], kd_tokens[rows], alpha=alpha,
+                student[rows], teacher_rows(rows), gold[rows], tokens[rows], kd_tokens[rows], alpha=alpha,
                 epsilon=epsilon, temperature=temperature, kd=kd)
         ls, nll = rows_ls[tokens].sum(), rows_nll[tokens].sum()
         if kd == "kl":
@@ -206,7 +216,7 @@ def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fractio
     return chosen.view_as(mask) & mask
 
 
-def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
+def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
                       kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
                       decay: float) -> LossTerms:
     """The A2D loss as the released code computes it (method doc, section 3).
@@ -224,7 +234,7 @@ def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor, target: Te
                      attention_kl=kls)
 
 
-def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, mask: Tensor,
+def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
                        kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
                        temperature: float, decay: float) -> LossTerms:
     """A2D with row-wise distributions (method doc, section 4); every term a sum over target tokens.

@@ -9,7 +9,7 @@ from conftest import a2d_attention_term, layer_maps, target_batch, tiny_model
 from a2d import losses
 from a2d.align import AttentionAlignment
 from a2d.config import pkd_layer_map
-from a2d.model import PAD_ID, AttentionMaps
+from a2d.model import PAD_ID, AttentionMaps, DeferredLogits
 
 
 def test_label_smoothed_nll_by_hand():
@@ -55,7 +55,7 @@ def plain_word_loss(student, teacher, target, mask, kd_mask, alpha, epsilon, tem
 def test_word_level_loss_equals_the_plain_formula_in_value_and_gradient(kd, temperature, chunk, monkeypatch):
     """In float64, in one piece and (chunk: elements per piece) in pieces of 1-2 tokens; KD on a subset."""
     if chunk:
-        monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(losses, "WORD_PIECE_ELEMENTS", chunk)
     torch.manual_seed(0)
     student = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(2, 3, 7, dtype=torch.float64)
@@ -77,6 +77,24 @@ def test_word_level_loss_equals_the_plain_formula_in_value_and_gradient(kd, temp
     torch.testing.assert_close(gradient(fused.word), gradient(word), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(
         lambda s: losses.word_level_loss(s, teacher, target, mask, kd_mask=kd_mask, **settings).word, (student,))
+
+
+@pytest.mark.parametrize("chunk", [None, 14])
+def test_deferred_teacher_logits_give_the_loss_of_the_whole_tensor(chunk, monkeypatch):
+    """A frozen teacher's logits computed a few rows at a time, in float64, in one piece and in pieces."""
+    if chunk:
+        monkeypatch.setattr(losses, "WORD_PIECE_ELEMENTS", chunk)
+    torch.manual_seed(2)
+    student = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    decoder_output, weight = torch.randn(2, 3, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    target, mask = torch.randint(0, 7, (2, 3)), torch.tensor([[True, True, False], [True, True, True]])
+    settings = dict(alpha=0.4, epsilon=0.1, temperature=2.0)
+    deferred = losses.word_level_loss(student, DeferredLogits(decoder_output, weight), target, mask, **settings)
+    whole = losses.word_level_loss(student, decoder_output @ weight.t(), target, mask, **settings)
+    for name in ("word", "nll", "ls", "kd"):
+        torch.testing.assert_close(getattr(deferred, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(w.word, student)[0] for w in (deferred, whole)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
 def test_word_level_loss_values_are_those_of_the_separate_formulas_to_the_bit():

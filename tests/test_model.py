@@ -44,6 +44,17 @@ def test_an_attention_sink_gets_every_layer_in_order_and_the_same_logits():
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_deferred_logits_are_the_logits_a_few_rows_at_a_time():
+    model = tiny_model().eval()
+    src, prev = random_batch(S=6, T=4)
+    logits = model(src, prev).logits
+    deferred = model(src, prev, defer_logits=True).logits
+    assert deferred.vocab_size == 50
+    flat = logits.reshape(-1, 50)
+    for rows in (slice(None), slice(0, 5), slice(5, None)):
+        torch.testing.assert_close(deferred.rows(rows), flat[rows], rtol=1e-6, atol=1e-6)
+
+
 def test_attention_rows_are_distributions_and_respect_masks():
     model = tiny_model()
     src, prev = random_batch()
