@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from a2d.checkpoint import load_model
 from a2d.config import MethodConfig, SystemSpec, TrainingConfig
-from a2d.train import train
+from a2d.train import check_precision, cpu_has_native_bf16, train
 
 SHAPE = dict(encoder_layers=2, decoder_layers=2, d_model=32, heads=2, ffn=64, dropout=0.1, max_positions=64)
 
@@ -154,3 +154,22 @@ def test_every_method_trains_under_zero3(tiny_corpus, tmp_path, zero3_teacher, m
     assert result.steps == 3 and result.parameters > 0
     assert load_model(tmp_path / "s.safetensors").cfg.encoder_layers == 1
     assert all(math.isfinite(h.train_nll) for h in result.history)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: avx2 amx_bf16\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is True
+    assert cpu_has_native_bf16(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("native,warned", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_trained_with_a_warning(native, warned, monkeypatch):
+    monkeypatch.setattr("a2d.train.cpu_has_native_bf16", lambda: native)
+    warning = check_precision("bf16")
+    assert (warning is not None) == warned and (not warned or "emulated" in warning)
+    assert check_precision("fp32") is None
