@@ -16,6 +16,7 @@ size; the teacher's maps and the AAM output (one channel per teacher head) are f
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,16 @@ from torch import Tensor, nn
 from a2d import losses
 from a2d.config import ATTENTION_TYPES, ModelConfig
 from a2d.model import AttentionMaps
+
+
+@dataclass
+class RowMasks:
+    """Where an attention type's row-wise distributions live: `queries` (B, Q), the real query rows;
+    `keys`, broadcastable to (B, 1, Q, K), the keys each row may attend to."""
+
+    queries: Tensor
+    keys: Tensor
+
 
 def attention_channels(cfg: ModelConfig, layerwise: bool = False) -> dict[str, int]:
     """Channels of each stacked attention type of a model of shape `cfg`: layers x heads, or layers."""
@@ -50,9 +61,9 @@ class FreeMix(nn.Module):
 class ChannelMixer(nn.Module):
     """Â[b,c] = sum_m W[c,m] * A[b,m] (+ bias[c]).
 
-    faithful: a free 1x1 convolution with bias (`FreeMix`), as the released code has it (mixed maps
-    are not distributions). normalised: W = softmax over m of learned logits, no bias, so a mix of
-    distributions stays a distribution (corrected mode); it starts as the uniform mix.
+    free: a 1x1 convolution with bias (`FreeMix`), as the released code has it (mixed maps are not
+    distributions). normalised: W = softmax over m of learned logits, no bias, so a mix of
+    distributions stays a distribution (the corrected recipe's); it starts as the uniform mix.
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, normalised: bool):
@@ -77,22 +88,24 @@ class ChannelMixer(nn.Module):
 
 
 class AttentionAlignment(nn.Module):
-    """One mixer per enabled attention type (no weight sharing)."""
+    """One mixer per enabled attention type (no weight sharing). `reduction` "sum" adds each type's
+    KL over the teacher's channels, "channel_mean" averages it over them."""
 
     def __init__(self, student: ModelConfig, teacher: ModelConfig, types: tuple[str, ...] = ATTENTION_TYPES,
-                 normalised: bool = False, layerwise: bool = False):
+                 normalised: bool = False, layerwise: bool = False, reduction: str = "sum"):
         super().__init__()
         s, t = attention_channels(student, layerwise), attention_channels(teacher, layerwise)
         self.teacher_channels = t
-        self.layerwise = layerwise
+        self.layerwise, self.reduction = layerwise, reduction
         self.mixers = nn.ModuleDict({name: ChannelMixer(s[name], t[name], normalised) for name in types})
 
-    def forward(self, student: AttentionMaps, query_masks: dict[str, Tensor] | None = None) -> AlignmentLoss:
-        """The loss of this batch, ready to take the teacher's maps (an AttentionSink). `query_masks`
-        (B, Q) per type: row-wise KL (the normalised AAM) over real query rows; None: faithful KL."""
+    def forward(self, student: AttentionMaps, masks: dict[str, RowMasks] | None = None) -> AlignmentLoss:
+        """The loss of this batch, ready to take the teacher's maps (an AttentionSink). `masks` per
+        type: KL between row-wise distributions (method doc, section 4); None: between softmaxes over
+        whole flattened maps (section 3)."""
         layers = {name: [self.head_mean(p) for p in maps] for name, maps in student.items() if name in self.mixers}
         return AlignmentLoss({name: mixer() for name, mixer in self.mixers.items()}, layers, self.teacher_channels,
-                             query_masks, self.head_mean)
+                             masks, self.head_mean, channel_mean=self.reduction == "channel_mean")
 
     def head_mean(self, probs: Tensor) -> Tensor:
         """A layer's maps (B, H, Q, K) as its channels: its heads, or (layerwise) their mean."""
@@ -103,14 +116,15 @@ class AlignmentLoss:
     """A2D's attention KL of one batch per type, taking the teacher's maps layer by layer (`add`).
 
     `mixing`: per type the AAM's (W (C_T, C_S), bias or None); `student`: per type the student's
-    maps, one (B, C, Q, K) per layer; `as_channels`: a teacher layer's maps as its channels (the
-    heads, or their mean). `kls()` returns the KLs, whose backward pass hands the gradients computed
-    here to the student's maps and the mixers.
+    maps, one (B, C, Q, K) per layer; `masks`: per type the RowMasks of row-wise KLs, or None;
+    `as_channels`: a teacher layer's maps as its channels (the heads, or their mean). `kls()` returns
+    the KLs, whose backward pass hands the gradients computed here to the student's maps and the mixers.
     """
 
     def __init__(self, mixing: dict[str, tuple[Tensor, Tensor | None]], student: dict[str, list[Tensor]],
-                 teacher_channels: dict[str, int], query_masks: dict[str, Tensor] | None, as_channels):
-        self.mixing, self.student, self.query_masks = mixing, student, query_masks
+                 teacher_channels: dict[str, int], masks: dict[str, RowMasks] | None, as_channels,
+                 channel_mean: bool = False):
+        self.mixing, self.student, self.masks, self.channel_mean = mixing, student, masks, channel_mean
         self.teacher_channels, self.as_channels = teacher_channels, as_channels
         like = next(iter(student.values()))[0]
         self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
@@ -150,19 +164,22 @@ class AlignmentLoss:
                 grad_bias += grad_mixed.sum((0, 2))
 
     def kl(self, name: str, mixed: Tensor, teacher: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
-        if self.query_masks is None:
+        if self.masks is None:
             return losses.flattened_map_kl(mixed, teacher)
-        return losses.rowwise_attention_kl(mixed, teacher, self.query_masks[name][rows])
+        queries, keys = self.masks[name].queries[rows], self.masks[name].keys
+        if self.mixing[name][1] is None:  # a normalised mix: its rows are already distributions
+            return losses.rowwise_attention_kl(mixed, teacher, queries)
+        return losses.rowwise_softmax_kl(mixed, teacher, queries, keys[rows] if keys.size(0) > 1 else keys)
 
     def kls(self) -> dict[str, Tensor]:
-        """Per type the KL summed over the batch (row-wise: averaged over the teacher's channels),
-        in the autograd graph of the student's maps and the mixers."""
+        """Per type the KL summed over the batch (with channel_mean, averaged over the teacher's
+        channels), in the autograd graph of the student's maps and the mixers."""
         out = {}
         for name, maps in self.student.items():
             if self.filled[name] != self.teacher_channels[name]:
                 raise ValueError(f"{name}: the teacher gave {self.filled[name]} of its "
                                  f"{self.teacher_channels[name]} attention channels")
-            scale = 1.0 if self.query_masks is None else 1.0 / self.teacher_channels[name]
+            scale = 1.0 / self.teacher_channels[name] if self.channel_mean else 1.0
             per_layer = self.grad_maps[name].split([p.size(1) for p in maps], dim=1)
             inputs = [*maps, *(t for t in self.mixing[name] if t is not None)]
             grads = [*per_layer, *(g for g in self.grad_mixing[name] if g is not None)]

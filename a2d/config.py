@@ -73,6 +73,33 @@ def pkd_layer_map(student_layers: int, teacher_layers: int, strategy: str) -> li
 
 
 @dataclass(frozen=True)
+class A2DFactors:
+    """The separable factors of an A2D loss (docs/methods.md#a2d-recipes-and-their-factors)."""
+
+    encoder_self: float
+    decoder_self: float
+    decoder_cross: float
+    attention_distribution: str  # flattened | rows
+    attention_reduction: str  # sum | channel_mean
+    aam: str  # free | normalised
+    word_normaliser: str  # padded_positions | target_tokens
+    kd_loss: str  # cross_entropy | kl
+
+
+# The known recipes (method doc, sections 3 and 4). As released, the criterion's decoder terms sit
+# behind a switch the released student script leaves off: only encoder self-attention is aligned.
+_RELEASED_LOSS = {"attention_distribution": "flattened", "attention_reduction": "sum", "aam": "free",
+                  "word_normaliser": "padded_positions", "kd_loss": "cross_entropy"}
+_ALL_TYPES = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
+A2D_PRESETS: dict[str, dict] = {
+    "faithful-described": {**_ALL_TYPES, **_RELEASED_LOSS},
+    "faithful-released": {"encoder_self": 1.0, "decoder_self": 0.0, "decoder_cross": 0.0, **_RELEASED_LOSS},
+    "corrected": {**_ALL_TYPES, "attention_distribution": "rows", "attention_reduction": "channel_mean",
+                  "aam": "normalised", "word_normaliser": "target_tokens", "kd_loss": "kl"},
+}
+
+
+@dataclass(frozen=True)
 class MethodConfig(Section):
     """How a model is trained (method doc, sections 3, 4 and 6).
 
@@ -81,21 +108,39 @@ class MethodConfig(Section):
     pkd, alp_kd, minilm: word_kd plus `feature_weight` x a feature loss over encoder and decoder:
     hidden states (PKD with `pkd_mapping` skip or last; ALP-KD over all teacher layers) or the last
     self-attention layer's query, key and value relations (MiniLMv2, `relation_heads`).
-    a2d: attention alignment plus word-level KD, in the released code's `faithful` mode or the
-    `corrected` one; `layerwise` aligns head-averaged layers (the paper's ablation); a type weight
-    of 0 switches that attention type off (encoder-only or decoder-only A2D).
+    a2d: attention alignment plus word-level KD. `a2d_mode` names a recipe (A2D_PRESETS): the
+    authors' released script (`faithful-released`), the paper's description (`faithful-described`)
+    or the row-wise `corrected` loss; each factor in which they differ is a setting of its own, unset
+    to take the recipe's value (`a2d` resolves them). `layerwise` aligns head-averaged layers (the
+    paper's ablation); a type weight of 0 switches that attention type off.
     """
 
     name: str = setting("none", "the objective (docs/methods.md)", enum=list(METHODS))
     label_smoothing: float = setting(0.1, "of the cross-entropy (fairseq's)", minimum=0, maximum=1)
     alpha: float = setting(0.5, "weight of word-level KD", minimum=0, maximum=1)
-    temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, corrected a2d)", exclusiveMinimum=0)
+    temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, a2d)", exclusiveMinimum=0)
     selective_fraction: float = setting(0.5, "selective_kd: the hardest fraction of target tokens by student NLL", exclusiveMinimum=0, maximum=1)
-    a2d_mode: str = setting("faithful", "faithful: the released code's loss; corrected: row-wise, per target token", enum=["faithful", "corrected"])
+    a2d_mode: str = setting("faithful-described", "a2d: the recipe whose factors the unset settings below take "
+                            "(docs/methods.md#a2d-recipes-and-their-factors)", enum=list(A2D_PRESETS))
     layerwise: bool = setting(False, "a2d: align head-averaged layers rather than heads (the paper's ablation)")
-    encoder_self: float = setting(1.0, "A2D weight of this attention type (0: off)", minimum=0)
-    decoder_self: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
-    decoder_cross: float = setting(0.5, "A2D weight of this attention type (0: off)", minimum=0)
+    encoder_self: float | None = setting(None, "A2D weight of this attention type (0: off); unset: the recipe's", minimum=0)
+    decoder_self: float | None = setting(None, "A2D weight of this attention type (0: off); unset: the recipe's", minimum=0)
+    decoder_cross: float | None = setting(None, "A2D weight of this attention type (0: off); unset: the recipe's", minimum=0)
+    attention_distribution: str | None = setting(
+        None, "a2d: one softmax over each flattened Q x K map, unmasked (released code), or one distribution per "
+        "real query row over its allowed keys; unset: the recipe's", enum=["flattened", "rows", None])
+    attention_reduction: str | None = setting(
+        None, "a2d: each type's KL summed over the teacher's channels, or averaged over them; unset: the recipe's",
+        enum=["sum", "channel_mean", None])
+    aam: str | None = setting(None, "a2d: the AAM's mixing, a free 1x1 convolution with bias (released code) or "
+                              "softmax-normalised weights without bias; unset: the recipe's", enum=["free", "normalised", None])
+    word_normaliser: str | None = setting(
+        None, "a2d: the word term divided by the batch's padded positions B*T_max (released code) before the "
+        "per-token division, or only by its target tokens; unset: the recipe's",
+        enum=["padded_positions", "target_tokens", None])
+    kd_loss: str | None = setting(None, "a2d: word-level KD as the cross-entropy against the teacher's distribution "
+                                  "(released code) or as tau^2 * KL; unset: the recipe's",
+                                  enum=["cross_entropy", "kl", None])
     beta: float = setting(1.0, "a2d: weight of the attention term at the start", minimum=0)
     gamma: float = setting(0.9, "a2d: its decay per epoch (or step)", minimum=0, maximum=1)
     decay_every: str = setting("epoch", "beta * gamma^(count - 1), counting epochs or update steps",
@@ -107,9 +152,6 @@ class MethodConfig(Section):
     def check(self):
         if self.name == "a2d" and not self.attention_types:
             raise ValueError("a2d needs at least one attention type with a positive weight")
-        if self.name == "a2d" and self.a2d_mode == "faithful" and self.temperature != 1.0:
-            raise ValueError("faithful A2D has no temperature (the released code uses none); "
-                             "use a2d_mode: corrected for word-level KD at a temperature")
 
     def check_fits(self, student: ModelConfig, teacher: ModelConfig) -> None:
         """Refuse, before training, a method that cannot work with these shapes."""
@@ -126,22 +168,32 @@ class MethodConfig(Section):
                     raise ValueError(f"{who} d_model {cfg.d_model} is not divisible by relation_heads {self.relation_heads}")
 
     @property
+    def a2d(self) -> A2DFactors:
+        """The A2D factors: each set one, else the recipe's."""
+        preset = A2D_PRESETS[self.a2d_mode]
+        return A2DFactors(**{name: preset[name] if getattr(self, name) is None else getattr(self, name)
+                             for name in preset})
+
+    @property
     def attention_types(self) -> tuple[str, ...]:
-        return tuple(name for name in ATTENTION_TYPES if getattr(self, name) > 0)
+        return tuple(name for name in ATTENTION_TYPES if self.weights.get(name, 0) > 0)
 
     @property
     def weights(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.attention_types}
+        """The weight of each enabled attention type."""
+        factors = self.a2d
+        return {name: getattr(factors, name) for name in ATTENTION_TYPES if getattr(factors, name) > 0}
 
     @property
     def label(self) -> str:
-        """Short description for tables, e.g. "a2d corrected layerwise" or "a2d faithful encoder_self"."""
+        """Short description for tables: the recipe, then what differs from it, e.g. "a2d corrected
+        layerwise" or "a2d faithful-described aam=normalised decoder_self=0"."""
         if self.name != "a2d":
             return self.name
-        parts = ["a2d", self.a2d_mode] + (["layerwise"] if self.layerwise else [])
-        if len(self.attention_types) < len(ATTENTION_TYPES):
-            parts += list(self.attention_types)
-        return " ".join(parts)
+        preset, factors = A2D_PRESETS[self.a2d_mode], self.a2d
+        changed = [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                   for name, value in dataclasses.asdict(factors).items() if value != preset[name]]
+        return " ".join(["a2d", self.a2d_mode] + (["layerwise"] if self.layerwise else []) + changed)
 
     @property
     def needs_teacher(self) -> bool:
@@ -369,7 +421,8 @@ def reference() -> str:
 
 def type_words(prop: dict) -> str:
     if "enum" in prop:
-        return " / ".join(f"`{v}`" for v in prop["enum"])
+        words = " / ".join(f"`{v}`" for v in prop["enum"] if v is not None)
+        return words + (", or unset" if None in prop["enum"] else "")
     kind = prop.get("type") or " or ".join(o["type"] for o in prop["anyOf"])
     bounds = [f"{words} {prop[key]}" for key, words in (("minimum", "≥"), ("exclusiveMinimum", ">"),
                                                         ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in prop]

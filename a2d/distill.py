@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from a2d import losses
-from a2d.align import AttentionAlignment
+from a2d.align import AttentionAlignment, RowMasks
 from a2d.config import MethodConfig, ModelConfig, pkd_layer_map
 from a2d.data import Batch
 from a2d.losses import LossTerms
@@ -32,8 +32,10 @@ class DistillationModule(nn.Module):
         self.teacher_heads = teacher_cfg.heads if teacher_cfg else None
         self.alignment = None
         if method.name == "a2d":
+            factors = method.a2d
             self.alignment = AttentionAlignment(student.cfg, teacher_cfg, method.attention_types,
-                                                normalised=method.a2d_mode == "corrected", layerwise=method.layerwise)
+                                                normalised=factors.aam == "normalised", layerwise=method.layerwise,
+                                                reduction=factors.attention_reduction)
         self.projection = None  # student width -> teacher width for hidden-state losses, training-only
         if method.name in ("pkd", "alp_kd") and student.cfg.d_model != teacher_cfg.d_model:
             self.projection = nn.Linear(student.cfg.d_model, teacher_cfg.d_model, bias=False)
@@ -90,21 +92,26 @@ class DistillationModule(nn.Module):
 
     def a2d_terms(self, out: Seq2SeqOutput, teacher: FrozenTeacher, batch: Batch, epoch: int, step: int) -> LossTerms:
         """The student's maps into the AAM, the teacher's streamed into the loss as it runs."""
-        m = self.method
-        corrected = m.a2d_mode == "corrected"
-        source_rows = batch.src != PAD_ID
-        query_masks = {"encoder_self": source_rows, "decoder_self": batch.mask, "decoder_cross": batch.mask}
-        alignment = self.alignment(out.attention, query_masks if corrected else None)
+        m, factors = self.method, self.method.a2d
+        rows = factors.attention_distribution == "rows"
+        alignment = self.alignment(out.attention, attention_row_masks(batch) if rows else None)
         teacher_out = teacher(batch, attention_sink=alignment)
-        kls = alignment.kls()
         decay = losses.a2d_decay(m.beta, m.gamma, epoch if m.decay_every == "epoch" else step)
-        if not corrected:
-            return losses.a2d_faithful_loss(
-                out.logits, teacher_out.logits, batch.target, batch.mask, kls,
-                weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, decay=decay)
-        return losses.a2d_corrected_loss(
-            out.logits, teacher_out.logits, batch.target, batch.mask, kls,
-            weights=m.weights, alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature, decay=decay)
+        return losses.a2d_loss(
+            out.logits, teacher_out.logits, batch.target, batch.mask, alignment.kls(), weights=m.weights,
+            alpha=m.alpha, epsilon=m.label_smoothing, temperature=m.temperature, kd=factors.kd_loss,
+            per_padded_position=factors.word_normaliser == "padded_positions", decay=decay)
+
+
+def attention_row_masks(batch: Batch) -> dict[str, RowMasks]:
+    """Per attention type, the real query rows and the keys each may attend to: real source tokens,
+    or (decoder self-attention) the causal prefix; padded target rows are not queries."""
+    source = batch.src != PAD_ID
+    T = batch.prev.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=batch.prev.device).tril()
+    source_keys = source[:, None, None, :]
+    return {"encoder_self": RowMasks(source, source_keys), "decoder_self": RowMasks(batch.mask, causal[None, None]),
+            "decoder_cross": RowMasks(batch.mask, source_keys)}
 
 
 class FrozenTeacher:

@@ -1,7 +1,7 @@
 """Loss functions: small pure functions on tensors, fp32 inside, each citing its equation.
 
 Token-level terms return sums over non-pad target positions; the caller decides the normaliser,
-because the faithful A2D loss and the plain baselines normalise differently (method doc, section 3).
+because the released A2D loss and the plain baselines normalise differently (method doc, section 3).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def word_level_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLog
     Logits (B, T, V), the teacher's possibly deferred; target, mask (B, T); kd_mask (B, T), default
     `mask`: the tokens KD applies to.
     kd "kl": tau^2 * KL(q_tau || p_tau) (exactly 0 for equal distributions); "cross_entropy":
-    -sum_v q_v log p_v at tau (the faithful A2D loss's). Each value is that of label_smoothed_nll and
+    -sum_v q_v log p_v at tau (the released A2D loss's). Each value is that of label_smoothed_nll and
     of the plain formulas, to the bit; the gradient of `word` is computed with it, so the backward
     pass keeps one (B, T, V) tensor, not the log-probabilities, the teacher's distribution and the
     logits themselves (online KD's extra memory over training alone).
@@ -168,7 +168,8 @@ def _word_rows(student: Tensor, teacher: Tensor, gold: Tensor, tokens: Tensor, k
 
 
 def flattened_map_kl(mixed: Tensor, teacher_probs: Tensor) -> tuple[Tensor, Tensor]:
-    """KL of A2D's faithful mode (method doc, section 3), and its gradient with respect to `mixed`.
+    """KL between flattened maps, the released code's (method doc, section 3), and its gradient with
+    respect to `mixed`.
 
     mixed: AAM output (B, C, Q, K), unnormalised; teacher_probs: teacher maps (B, C, Q, K). Each
     (b, c) map is flattened to Q*K entries; the student gets log-softmax over the whole map, the
@@ -184,7 +185,7 @@ def flattened_map_kl(mixed: Tensor, teacher_probs: Tensor) -> tuple[Tensor, Tens
 
 
 def rowwise_attention_kl(mixed: Tensor, teacher_probs: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Corrected A2D KL for one attention type (method doc, section 4), and its gradient.
+    """Row-wise KL for one attention type and a normalised AAM (method doc, section 4), and its gradient.
 
     mixed (B, C, Q, K): mixed student rows that are valid distributions over keys (the normalised
     AAM keeps them so); teacher_probs (B, C, Q, K). Masked keys (padding, future positions) hold zero
@@ -196,6 +197,21 @@ def rowwise_attention_kl(mixed: Tensor, teacher_probs: Tensor, query_mask: Tenso
     kl_rows = (teacher_probs * (torch.log(teacher_probs + 1e-12) - torch.log(student))).sum(-1)  # (B, C, Q)
     kl = kl_rows.masked_fill(~query_mask[:, None, :], 0.0).sum()
     return kl, teacher_probs.div(student).mul_(query_mask[:, None, :, None]).neg_()
+
+
+def rowwise_softmax_kl(mixed: Tensor, teacher_probs: Tensor, query_mask: Tensor, key_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise KL for a free (unnormalised) AAM, and its gradient: each real query row of `mixed`
+    (B, C, Q, K) becomes a distribution by a softmax over its allowed keys (key_mask, broadcastable
+    to it); otherwise as rowwise_attention_kl. The gradient is softmax(row) * sum(teacher row) -
+    teacher row (teacher rows computed in lower precision sum to 1 only to that precision)."""
+    log_student = torch.log_softmax(mixed.masked_fill(~key_mask, float("-inf")), dim=-1).masked_fill(~key_mask, 0.0)
+    # Masked keys hold zero teacher probability: their terms are 0 (the 1e-12 keeps log finite).
+    kl_rows = (teacher_probs * (torch.log(teacher_probs + 1e-12) - log_student)).sum(-1)  # (B, C, Q)
+    rows = query_mask[:, None, :]
+    kl = kl_rows.masked_fill(~rows, 0.0).sum()
+    student = log_student.exp_().masked_fill_(~key_mask, 0.0)
+    grad = student.mul_(teacher_probs.sum(-1, keepdim=True)).sub_(teacher_probs).mul_(rows[..., None])
+    return kl, grad
 
 
 def a2d_decay(beta: float, gamma: float, count: int) -> float:
@@ -216,38 +232,22 @@ def hardest_tokens(student_logits: Tensor, target: Tensor, mask: Tensor, fractio
     return chosen.view_as(mask) & mask
 
 
-def a2d_faithful_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
-                      kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
-                      decay: float) -> LossTerms:
-    """The A2D loss as the released code computes it (method doc, section 3).
+def a2d_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
+             kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
+             temperature: float, kd: str, per_padded_position: bool, decay: float) -> LossTerms:
+    """The A2D loss (method doc, sections 3 and 4): total = L_word + L_att, sums the caller divides
+    by the number of target tokens, as fairseq does.
 
-    L_word = sum_{non-pad}[(1-alpha)*l_LS + alpha*l_KD] / (B*T_max)   (a mean over padded positions)
-    L_att  = decay * sum_k w_k * KL_k, KL_k = flattened_map_kl       (sums over batch and heads;
-             the paper's weights are 1, 1/2, 1/2 for encoder self, decoder self, decoder cross)
-    `kls` holds KL_k of each enabled type (a2d.align.AlignmentLoss). Returns every term, total =
-    L_word + L_att; the caller divides the gradient by the number of target tokens, as fairseq does.
-    """
-    w = word_level_loss(student_logits, teacher_logits, target, mask, alpha=alpha, epsilon=epsilon, kd="cross_entropy")
-    word = w.word / target.numel()
-    attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    return LossTerms(total=word + attention, nll=w.nll, ls=w.ls, kd=w.kd, word=word, attention=attention,
-                     attention_kl=kls)
-
-
-def a2d_corrected_loss(student_logits: Tensor, teacher_logits: Tensor | DeferredLogits, target: Tensor, mask: Tensor,
-                       kls: dict[str, Tensor], *, weights: dict[str, float], alpha: float, epsilon: float,
-                       temperature: float, decay: float) -> LossTerms:
-    """A2D with row-wise distributions (method doc, section 4); every term a sum over target tokens.
-
-    word = sum_{non-pad}[(1-alpha)*l_LS + alpha*tau^2*KL(q_tau || p_tau)]
-    att  = decay * sum_k w_k * KL_k, KL_k = rowwise_attention_kl_k / C_k (averaged over teacher channels)
-    The caller divides total by the number of target tokens, so no term depends on batch size.
-    `kls` holds KL_k of each enabled type, from the normalised AAM (its rows are distributions).
+    L_word = sum_{non-pad}[(1-alpha)*l_LS + alpha*l_KD], divided by B*T_max (`per_padded_position`,
+             the released code's mean over padded positions); l_KD as in word_level_loss (`kd`).
+    L_att  = decay * sum_k w_k * KL_k, `kls` holding KL_k of each enabled type (a2d.align.AlignmentLoss);
+             the paper's weights are 1, 1/2, 1/2 for encoder self, decoder self, decoder cross.
     """
     w = word_level_loss(student_logits, teacher_logits, target, mask, alpha=alpha, epsilon=epsilon,
-                        temperature=temperature)
+                        temperature=temperature, kd=kd)
+    word = w.word / target.numel() if per_padded_position else w.word
     attention = decay * sum(weights[name] * kl for name, kl in kls.items())
-    return LossTerms(total=w.word + attention, nll=w.nll, ls=w.ls, kd=w.kd, word=w.word, attention=attention,
+    return LossTerms(total=word + attention, nll=w.nll, ls=w.ls, kd=w.kd, word=word, attention=attention,
                      attention_kl=kls)
 
 

@@ -25,7 +25,7 @@ from a2d.distill import DistillationModule, FrozenTeacher
 from a2d.model import Transformer
 from benchmarks.run import HERE, RECIPE, STUDENT, TEACHER
 
-METHODS = {"none": {"name": "none"}, "word_kd": {"name": "word_kd"}, "a2d faithful": {"name": "a2d"},
+METHODS = {"none": {"name": "none"}, "word_kd": {"name": "word_kd"}, "a2d faithful-described": {"name": "a2d"},
            "a2d corrected": {"name": "a2d", "a2d_mode": "corrected"}}
 
 

@@ -31,7 +31,7 @@ STUDENT = {"encoder_layers": 3, "decoder_layers": 3, "d_model": 256, "heads": 4,
 TEACHER = {**STUDENT, "encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "heads": 8, "ffn": 2048}
 # A short warm-up so that the models decode like lightly trained ones rather than at random.
 RECIPE = {"max_tokens": 4096, "lr": 1e-3, "warmup_steps": 100, "weight_decay": 1e-4, "zero_stage": 0, "seed": 1}
-A2D = {"name": "a2d"}  # the faithful mode, alpha 0.5, beta 1, gamma 0.9
+A2D = {"name": "a2d"}  # faithful-described, alpha 0.5, beta 1, gamma 0.9
 # Every decoder writes exactly this many tokens (then EOS) for every sentence: the same work whatever
 # the models prefer (these briefly trained ones end at very different lengths), and one length rule
 # all three apply alike (fairseq's a * length + b takes the batch's padded length where a2d takes

@@ -101,35 +101,36 @@ def attention_maps(model, batch):
     return model(batch.src, batch.prev, return_attention=True).attention.stacked()
 
 
-def query_masks(batch):
-    from a2d.model import PAD_ID
+def row_masks(batch):
+    from a2d.distill import attention_row_masks
 
-    return {"encoder_self": batch.src != PAD_ID, "decoder_self": batch.mask, "decoder_cross": batch.mask}
+    return attention_row_masks(batch)
 
 
 def attention_kls(aam, student, teacher, batch=None):
     """The AAM's KLs per type: the student's AttentionMaps mixed, the teacher's fed layer by layer, as
-    the frozen teacher does; row-wise (`batch`'s query masks) or, without a batch, faithful."""
-    loss = aam(student, None if batch is None else query_masks(batch))
+    the frozen teacher does; row-wise (`batch`'s masks) or, without a batch, over flattened maps."""
+    loss = aam(student, None if batch is None else row_masks(batch))
     for name, layers in teacher.items():
         for probs in layers:
             loss.add(name, probs)
     return loss.kls()
 
 
-def a2d_attention_term(aam, student, teacher, batch, normalised: bool):
-    """The attention part of the corrected (normalised AAM) or the faithful A2D loss, paper weights,
-    of the student's and teacher's AttentionMaps."""
+def a2d_attention_term(aam, student, teacher, batch, rows: bool):
+    """The attention part of the A2D loss, paper weights, of the student's and teacher's AttentionMaps:
+    row-wise distributions or flattened maps."""
     weights = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
-    kls = attention_kls(aam, student, teacher, batch if normalised else None)
+    kls = attention_kls(aam, student, teacher, batch if rows else None)
     return sum(weights[name] * kl for name, kl in kls.items())
 
 
 def reference_attention_kls(aam, student: dict, teacher: dict, masks: dict | None = None) -> dict:
     """The AAM's KLs written plainly from the method doc, for autograd to differentiate: all maps
-    stacked (B, C, Q, K), the student's mixed as a whole; faithful (masks None): KL between softmaxes
-    over each flattened map, the teacher's taken over its probabilities; row-wise: KL per real query
-    row, averaged over the teacher's channels."""
+    stacked (B, C, Q, K), the student's mixed as a whole; masks None: KL between softmaxes over each
+    flattened map, the teacher's taken over its probabilities; row-wise: KL per real query row, the
+    student's rows a free mix softmaxed over the allowed keys, or a normalised mix as it is. Summed
+    over channels, or averaged (aam.reduction)."""
     out = {}
     for name, mixer in aam.mixers.items():
         weight, bias = mixer()
@@ -141,8 +142,14 @@ def reference_attention_kls(aam, student: dict, teacher: dict, masks: dict | Non
             B, C = mixed.shape[:2]
             log_p = torch.log_softmax(mixed.reshape(B * C, -1), -1)
             log_q = torch.log_softmax(t.reshape(B * C, -1), -1)
-            out[name] = (log_q.exp() * (log_q - log_p)).sum()
+            kl = (log_q.exp() * (log_q - log_p)).sum()
         else:
-            rows = (t * (torch.log(t + 1e-12) - torch.log(mixed + 1e-12))).sum(-1)
-            out[name] = rows.masked_fill(~masks[name][:, None, :], 0.0).sum() / t.size(1)
+            keys = masks[name].keys.expand_as(mixed)
+            if bias is None:
+                log_p = torch.log(mixed + 1e-12)
+            else:
+                log_p = torch.log_softmax(mixed.masked_fill(~keys, float("-inf")), -1).masked_fill(~keys, 0.0)
+            rows = (t * (torch.log(t + 1e-12) - log_p)).sum(-1)
+            kl = rows.masked_fill(~masks[name].queries[:, None, :], 0.0).sum()
+        out[name] = kl / t.size(1) if aam.reduction == "channel_mean" else kl
     return out

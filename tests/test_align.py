@@ -6,8 +6,8 @@ import weakref
 
 import pytest
 import torch
-from conftest import (a2d_attention_term, attention_kls, attention_maps, layer_maps, query_masks,
-                      reference_attention_kls, target_batch, tiny_model)
+from conftest import (a2d_attention_term, attention_kls, attention_maps, layer_maps, reference_attention_kls,
+                      row_masks, target_batch, tiny_model)
 
 from a2d import losses
 from a2d.align import AttentionAlignment
@@ -33,24 +33,32 @@ def models_and_maps(dtype=torch.float64):
     return batch, student, teacher, layer_maps(student, batch), layer_maps(teacher, batch)
 
 
-@pytest.mark.parametrize("normalised,layerwise,chunk", [(False, False, None), (True, False, None), (False, True, None),
-                                                        (True, True, None), (False, False, 1), (True, False, 1)],
-                         ids=["faithful", "corrected", "faithful-layerwise", "corrected-layerwise",
-                              "faithful-one-sentence-at-a-time", "corrected-one-sentence-at-a-time"])
-def test_streamed_kls_equal_the_plain_formulas_in_value_and_gradient(normalised, layerwise, chunk, monkeypatch):
-    """Float64: the KL of every type, and the gradients it gives the student's weights (through its
-    maps) and the AAM, equal those of the whole-tensor formulas to 1e-12."""
+@pytest.mark.parametrize("normalised,rows,reduction,layerwise,chunk", [
+    (False, False, "sum", False, None), (True, True, "channel_mean", False, None),
+    (False, False, "sum", True, None), (True, True, "channel_mean", True, None),
+    (False, False, "sum", False, 1), (True, True, "channel_mean", False, 1),
+    (False, True, "sum", False, None), (False, True, "channel_mean", False, 1),
+    (True, False, "sum", False, None), (True, False, "channel_mean", True, None),
+], ids=["faithful", "corrected", "faithful-layerwise", "corrected-layerwise", "faithful-one-sentence-at-a-time",
+        "corrected-one-sentence-at-a-time", "free-aam-rows", "free-aam-rows-channel-mean-one-sentence",
+        "normalised-aam-flattened", "normalised-aam-flattened-channel-mean-layerwise"])
+def test_streamed_kls_equal_the_plain_formulas_in_value_and_gradient(normalised, rows, reduction, layerwise, chunk,
+                                                                     monkeypatch):
+    """Float64, every combination of the AAM, the distribution and the reduction: the KL of every
+    type, and the gradients it gives the student's weights (through its maps) and the AAM, equal
+    those of the whole-tensor formulas to 1e-12."""
     if chunk:
         monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
     batch, student, teacher, s_maps, t_maps = models_and_maps()
     torch.manual_seed(0)
-    aam = AttentionAlignment(student.cfg, teacher.cfg, normalised=normalised, layerwise=layerwise).double()
+    aam = AttentionAlignment(student.cfg, teacher.cfg, normalised=normalised, layerwise=layerwise,
+                             reduction=reduction).double()
     if normalised:
         with torch.no_grad():
             for mixer in aam.mixers.values():
                 mixer.logits.normal_()
-    masks = query_masks(batch) if normalised else None
-    streamed = attention_kls(aam, s_maps, t_maps, batch if normalised else None)
+    masks = row_masks(batch) if rows else None
+    streamed = attention_kls(aam, s_maps, t_maps, batch if rows else None)
     stack = lambda maps: {name: torch.cat([aam.head_mean(p) for p in layers], 1)  # noqa: E731
                           for name, layers in maps.items()}
     plain = reference_attention_kls(aam, stack(s_maps), stack(t_maps), masks)
@@ -109,13 +117,13 @@ def test_permuting_student_heads_with_the_aam_columns_leaves_the_loss_unchanged(
             for mixer in aam.mixers.values():
                 mixer.logits.normal_()
     as_layers = lambda stacked: AttentionMaps(**{k: list(v.split(2, dim=1)) for k, v in stacked.items()})  # noqa: E731
-    before = a2d_attention_term(aam, as_layers(student), teacher, batch, normalised)
+    before = a2d_attention_term(aam, as_layers(student), teacher, batch, rows=normalised)
     perm = torch.tensor([2, 0, 3, 1])  # the 2 layers x 2 heads of the student, shuffled
     permuted = as_layers({k: v[:, perm] for k, v in student.items()})
-    assert a2d_attention_term(aam, permuted, teacher, batch, normalised) != before  # the permutation matters...
+    assert a2d_attention_term(aam, permuted, teacher, batch, rows=normalised) != before  # the permutation matters...
     with torch.no_grad():
         for mixer in aam.mixers.values():
             weight = mixer.logits if normalised else mixer.conv.weight
             weight.copy_(weight[:, perm])
     # ...until the AAM's input columns are permuted the same way.
-    torch.testing.assert_close(a2d_attention_term(aam, permuted, teacher, batch, normalised), before)
+    torch.testing.assert_close(a2d_attention_term(aam, permuted, teacher, batch, rows=normalised), before)

@@ -5,8 +5,10 @@ import pytest
 import torch
 from conftest import attention_kls, layer_maps, target_batch, tiny_model
 
-from a2d.config import MethodConfig
-from a2d.distill import DistillationModule, FrozenTeacher
+from a2d import losses
+from a2d.align import AttentionAlignment
+from a2d.config import A2D_PRESETS, MethodConfig
+from a2d.distill import DistillationModule, FrozenTeacher, attention_row_masks
 
 
 def test_a2d_terms_are_the_aams_kls_of_the_two_models_maps():
@@ -17,7 +19,7 @@ def test_a2d_terms_are_the_aams_kls_of_the_two_models_maps():
         module = DistillationModule(student, method, teacher.cfg).eval()
         _, terms = module(batch, FrozenTeacher(teacher, method), epoch=1, step=1)
         expected = attention_kls(module.alignment, layer_maps(student, batch), layer_maps(teacher.eval(), batch),
-                                 batch if method.a2d_mode == "corrected" else None)
+                                 batch if method.a2d.attention_distribution == "rows" else None)
         assert terms.attention_kl.keys() == expected.keys()
         for name, kl in expected.items():
             torch.testing.assert_close(terms.attention_kl[name], kl)
@@ -30,11 +32,13 @@ def test_a2d_terms_are_the_aams_kls_of_the_two_models_maps():
     MethodConfig(name="a2d", a2d_mode="corrected", decay_every="step", gamma=0.99),
     MethodConfig(name="a2d", layerwise=True),
     MethodConfig(name="a2d", decoder_self=0.0, decoder_cross=0.0),  # encoder-only
+    MethodConfig(name="a2d", a2d_mode="faithful-released"),
+    MethodConfig(name="a2d", attention_distribution="rows", aam="free", attention_reduction="channel_mean"),
     MethodConfig(name="pkd", pkd_mapping="skip"),
     MethodConfig(name="alp_kd"),
     MethodConfig(name="minilm", relation_heads=4),
-], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only", "pkd",
-        "alp_kd", "minilm"])
+], ids=["word_kd", "selective_kd", "a2d_faithful", "a2d_corrected", "a2d_layerwise", "a2d_encoder_only",
+        "a2d_faithful_released", "a2d_free_aam_rows", "pkd", "alp_kd", "minilm"])
 def test_gradients_reach_student_and_training_only_parts_not_teacher(method):
     student = tiny_model(seed=1, encoder_layers=1, decoder_layers=1)
     teacher = tiny_model(seed=2, heads=4, d_model=32, ffn=64)  # wider: feature methods need a projection
@@ -93,7 +97,92 @@ def test_decay_follows_the_configured_unit():
         assert moved == pytest.approx(base * 0.25, rel=1e-5) and kept == pytest.approx(base, rel=1e-6)
 
 
-def test_faithful_a2d_refuses_a_temperature():
-    with pytest.raises(ValueError, match="faithful A2D has no temperature"):
-        MethodConfig(name="a2d", temperature=2.0)
-    MethodConfig(name="a2d", a2d_mode="corrected", temperature=2.0)
+def test_any_temperature_goes_with_either_kd_loss():
+    for mode in A2D_PRESETS:
+        assert MethodConfig(name="a2d", a2d_mode=mode, temperature=2.0).temperature == 2.0
+
+
+def a2d_step(method: MethodConfig, seed: int = 0):
+    """One A2D forward and backward pass of a fixed student, teacher and batch in float64: the loss,
+    its terms and every gradient of the engine's parameters (student and AAM)."""
+    batch = target_batch()
+    student = tiny_model(seed=1, heads=2).double().eval()
+    teacher = tiny_model(seed=2, heads=4, d_model=32, encoder_layers=3, decoder_layers=3).double().eval()
+    torch.manual_seed(seed)  # the AAM's initial weights
+    module = DistillationModule(student, method, teacher.cfg).double()
+    loss, terms = module(batch, FrozenTeacher(teacher, method), epoch=3, step=7)
+    loss.backward()
+    return loss, terms, {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+
+
+def test_each_factor_set_by_hand_gives_its_recipe_to_the_last_digit():
+    """A recipe is nothing but its factors: faithful-described with every factor set to the corrected
+    recipe's values is the corrected recipe, and with the decoder types off the released one, to the bit."""
+    for mode in ("corrected", "faithful-released"):
+        by_hand = {k: v for k, v in A2D_PRESETS[mode].items() if v != A2D_PRESETS["faithful-described"][k]}
+        loss, terms, grads = a2d_step(MethodConfig(name="a2d", a2d_mode=mode))
+        loss_by_hand, terms_by_hand, grads_by_hand = a2d_step(MethodConfig(name="a2d", **by_hand))
+        assert torch.equal(loss, loss_by_hand) and terms.logged() == terms_by_hand.logged()
+        assert grads.keys() == grads_by_hand.keys() and all(torch.equal(grads[k], grads_by_hand[k]) for k in grads)
+
+
+def earlier_mode_loss(method: MethodConfig, mode: str):
+    """The A2D loss as a2d computed it before the recipes were factored (commit e7dd844), written out
+    from the same building blocks in the same order: `mode` "faithful" (all three types) or "corrected"."""
+    batch = target_batch()
+    student = tiny_model(seed=1, heads=2).double().eval()
+    teacher = tiny_model(seed=2, heads=4, d_model=32, encoder_layers=3, decoder_layers=3).double().eval()
+    torch.manual_seed(0)
+    module = DistillationModule(student, method, teacher.cfg).double()  # the same AAM draws
+    corrected = mode == "corrected"
+    aam = AttentionAlignment(student.cfg, teacher.cfg, normalised=corrected,
+                             reduction="channel_mean" if corrected else "sum").double()
+    aam.load_state_dict(module.alignment.state_dict())
+    out = student(batch.src, batch.prev, return_attention=True)
+    alignment = aam(out.attention, attention_row_masks(batch) if corrected else None)
+    teacher_out = FrozenTeacher(teacher, method)(batch, attention_sink=alignment)
+    kls, decay = alignment.kls(), losses.a2d_decay(1.0, 0.9, 3)
+    weights = {"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5}
+    if corrected:
+        w = losses.word_level_loss(out.logits, teacher_out.logits, batch.target, batch.mask, alpha=0.5, epsilon=0.1,
+                                   temperature=1.0)
+        word = w.word
+    else:
+        w = losses.word_level_loss(out.logits, teacher_out.logits, batch.target, batch.mask, alpha=0.5, epsilon=0.1,
+                                   kd="cross_entropy")
+        word = w.word / batch.target.numel()
+    total = (word + decay * sum(weights[name] * kl for name, kl in kls.items())) / batch.mask.sum()
+    total.backward()
+    return total, [p.grad for p in [*student.parameters(), *aam.parameters()]]
+
+
+@pytest.mark.parametrize("preset,mode", [("faithful-described", "faithful"), ("corrected", "corrected")])
+def test_each_preset_computes_the_earlier_mode_to_the_last_digit(preset, mode):
+    loss, _, grads = a2d_step(MethodConfig(name="a2d", a2d_mode=preset))
+    earlier, earlier_grads = earlier_mode_loss(MethodConfig(name="a2d", a2d_mode=preset), mode)
+    assert torch.equal(loss, earlier)
+    assert all(torch.equal(a, b) for a, b in zip(grads.values(), earlier_grads, strict=True))
+
+
+def test_faithful_released_takes_no_gradient_from_the_decoder_maps():
+    """As released, only encoder self-attention is aligned: the decoder's attention weights get the
+    word term's gradient alone (that of beta 0), the encoder's more than that."""
+    released = MethodConfig(name="a2d", a2d_mode="faithful-released")
+    assert released.attention_types == ("encoder_self",) and released.weights == {"encoder_self": 1.0}
+    _, terms, grads = a2d_step(released)
+    _, _, word_only = a2d_step(MethodConfig(name="a2d", a2d_mode="faithful-released", beta=0.0))
+    assert set(terms.attention_kl) == {"encoder_self"} and terms.attention > 0
+    decoder = [k for k in grads if k.startswith("student.decoder_layers") and ("self_attn" in k or "cross_attn" in k)
+               and ("q_proj" in k or "k_proj" in k)]
+    assert len(decoder) == 16  # 2 layers x 2 attentions x (q, k) x (weight, bias)
+    assert all(torch.equal(grads[k], word_only[k]) for k in decoder)
+    encoder_query = "student.encoder_layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(grads[encoder_query], word_only[encoder_query])
+
+
+def test_labels_name_the_recipe_and_what_differs_from_it():
+    assert MethodConfig(name="a2d").label == "a2d faithful-described"
+    assert MethodConfig(name="a2d", a2d_mode="corrected", layerwise=True).label == "a2d corrected layerwise"
+    assert (MethodConfig(name="a2d", aam="normalised", decoder_self=0.0).label
+            == "a2d faithful-described decoder_self=0 aam=normalised")
+    assert MethodConfig(name="a2d", a2d_mode="faithful-released", aam="free").label == "a2d faithful-released"

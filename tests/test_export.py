@@ -47,8 +47,9 @@ def test_float32_export_decodes_exactly_like_pytorch(tmp_path, pre_norm, shared)
 @pytest.fixture(scope="module")
 def copying_model() -> Transformer:
     """A student trained until it copies its input: the deployable case, confident outputs that end.
-    One thread, so that the trained model is the same on every machine (98 of 100 unseen sentences
-    copied here; 400 steps gave 82 on one thread and 89 on two)."""
+    One thread, so that the trained model does not depend on the thread count; it still depends on
+    the CPU's kernels (unseen sentences copied of 100: 98 on a 2-core AVX2 EPYC, 93 on an AVX-512
+    one; 400 steps gave 82 on one thread and 89 on two)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -85,7 +86,7 @@ def test_int8_export_translates_nearly_as_well_as_the_student(tmp_path, copying_
     exported = exported_greedy(copying_model, srcs, tmp_path / "m.ct2", "int8")
     print(f"copied: fp32 student {copies(ours)}, int8 export {copies(exported)}; "
           f"{sum(a == b for a, b in zip(exported, ours))} outputs the same")
-    assert copies(ours) >= 95  # it did learn the task
+    assert copies(ours) >= 90  # it did learn the task
     assert copies(exported) >= copies(ours) - 10
 
 

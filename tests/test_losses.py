@@ -141,9 +141,10 @@ def test_faithful_a2d_loss_by_hand():
                    + 0.5 * kl(student["decoder_cross"], teacher["decoder_cross"]))
     kls = {name: losses.flattened_map_kl(s, t)[0] for (name, s), t in zip(as_maps(student).items(),
                                                                           as_maps(teacher).values())}
-    terms = losses.a2d_faithful_loss(s_logits, t_logits, target, mask, kls,
-                                     weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
-                                     alpha=alpha, epsilon=eps, decay=losses.a2d_decay(1.0, 0.9, 3))
+    terms = losses.a2d_loss(s_logits, t_logits, target, mask, kls,
+                            weights={"encoder_self": 1.0, "decoder_self": 0.5, "decoder_cross": 0.5},
+                            alpha=alpha, epsilon=eps, temperature=1.0, kd="cross_entropy", per_padded_position=True,
+                            decay=losses.a2d_decay(1.0, 0.9, 3))
     assert terms.word.item() == pytest.approx(word, rel=1e-6)
     assert terms.attention.item() == pytest.approx(att, rel=1e-6)
     assert terms.total.item() == pytest.approx(word + att, rel=1e-6)
@@ -195,19 +196,22 @@ def test_every_kl_is_non_negative():
         b = torch.softmax(torch.randn(2, 3, 4, 5, generator=g), -1)
         assert losses.flattened_map_kl(a, b)[0] >= 0
         assert losses.rowwise_attention_kl(a, b, torch.ones(2, 4, dtype=torch.bool))[0] >= 0
+        free = torch.randn(2, 3, 4, 5, generator=g)
+        assert losses.rowwise_softmax_kl(free, b, torch.ones(2, 4, dtype=torch.bool), torch.ones(1, 1, 1, 5).bool())[0] >= 0
 
 
 def test_corrected_attention_term_is_zero_for_equal_maps_and_identity_aam():
     batch = target_batch()
     maps = layer_maps(tiny_model(seed=3), batch)
-    assert a2d_attention_term(identity_aam(), maps, maps, batch, normalised=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert a2d_attention_term(identity_aam(), maps, maps, batch, rows=True).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_masked_positions_do_not_change_the_corrected_loss():
+@pytest.mark.parametrize("normalised", [True, False], ids=["normalised-aam", "free-aam"])
+def test_masked_positions_do_not_change_the_rowwise_loss(normalised):
     batch = target_batch()
     student, teacher = layer_maps(tiny_model(seed=1), batch), layer_maps(tiny_model(seed=2), batch)
-    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=True)
-    base = a2d_attention_term(aam, student, teacher, batch, normalised=True)
+    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=normalised)
+    base = a2d_attention_term(aam, student, teacher, batch, rows=True)
     # Scribble over the rows of padded queries, on both sides.
     rows = {"encoder_self": batch.src == PAD_ID, "decoder_self": ~batch.mask, "decoder_cross": ~batch.mask}
 
@@ -217,7 +221,7 @@ def test_masked_positions_do_not_change_the_corrected_loss():
 
     assert rows["encoder_self"].any() and rows["decoder_self"].any()
     torch.testing.assert_close(a2d_attention_term(aam, scribbled(student, 0.37), scribbled(teacher, 0.11), batch,
-                                                  normalised=True), base)
+                                                  rows=True), base)
 
 
 def test_pkd_layer_maps():
@@ -280,9 +284,8 @@ def test_corrected_a2d_loss_by_hand():
     logits = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
     target, mask = torch.tensor([[1, 0]]), torch.tensor([[True, False]])
     kls = {"decoder_cross": losses.rowwise_attention_kl(student, teacher, query_mask)[0]}
-    terms = losses.a2d_corrected_loss(logits, logits, target, mask, kls,
-                                      weights={"decoder_cross": 0.5}, alpha=0.5, epsilon=0.0, temperature=1.0,
-                                      decay=0.9)
+    terms = losses.a2d_loss(logits, logits, target, mask, kls, weights={"decoder_cross": 0.5}, alpha=0.5,
+                            epsilon=0.0, temperature=1.0, kd="kl", per_padded_position=False, decay=0.9)
     kl_row = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert terms.attention.item() == pytest.approx(0.9 * 0.5 * kl_row, rel=1e-5)
     nll = -math.log(math.exp(1) / (1 + math.exp(1)))

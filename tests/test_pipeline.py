@@ -36,7 +36,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert list(table["system"]) == ["teacher", "student_nokd", "student_a2d", "student_word_kd",
                                      "student_a2d_corrected_layerwise", "student_pkd", "student_minilm",
                                      "student_seq_kd"]
-    assert list(table["method"]) == ["none", "none", "a2d faithful", "word_kd", "a2d corrected layerwise", "pkd",
+    assert list(table["method"]) == ["none", "none", "a2d faithful-described", "word_kd", "a2d corrected layerwise", "pkd",
                                      "minilm", "seq_kd"]
     # Seq-KD: the teacher's shard translations, merged in order, line for line with the sources.
     seq_src = (results / "corpus" / "train_seq_kd.src").read_text().splitlines()

@@ -60,7 +60,7 @@ def test_distillation_exports_student_without_aam(tiny_corpus, tmp_path):
     model = load_model(tmp_path / "student.safetensors")
     assert model.cfg.encoder_layers == 1 and student.parameters < teacher.parameters
     summary = json.loads((tmp_path / "student.safetensors.json").read_text())
-    assert summary["method"] == "a2d faithful" and summary["steps"] == 2
+    assert summary["method"] == "a2d faithful-described" and summary["steps"] == 2
 
 
 @pytest.mark.parametrize("stage", [0, 2])
