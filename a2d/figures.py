@@ -43,11 +43,15 @@ def plot_alignment(summary_path: str, output: str) -> None:
 
 def plot_training(summary_path: str, output: str) -> None:
     """Each loss term per target token, and validation BLEU, by epoch."""
-    summary = TrainingSummary.read(summary_path)
+    save(training_figure(TrainingSummary.read(summary_path)), output)
+
+
+def training_figure(summary: TrainingSummary):
+    """The curves figure; its legend sits beside the loss panel, where it covers no line."""
     history = summary.history
     epochs = [h.epoch for h in history]
     names = sorted({name for h in history for name in h.terms_per_token})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4), width_ratios=(1.25, 1))
     for name in names:
         left.plot(epochs, [h.terms_per_token.get(name) for h in history], marker="o", label=name)
     left.set_yscale("symlog", linthresh=1e-3)
@@ -55,12 +59,13 @@ def plot_training(summary_path: str, output: str) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("per target token (mean over the epoch)")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     right.plot(epochs, [h.valid_bleu for h in history], marker="o", color="black")
     right.set_xlabel("epoch")
     right.set_ylabel("validation BLEU (greedy)")
     fig.suptitle(f"{summary.system} ({summary.method})")
-    save(fig, output)
+    fig.tight_layout()
+    return fig
 
 
 def save(fig, output: str) -> None:

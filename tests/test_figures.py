@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 from conftest import training_summary
 
-from a2d.figures import plot_alignment, plot_training
+from a2d.figures import plot_alignment, plot_training, training_figure
 from a2d.files import InputError, write_json
 
 
@@ -28,3 +28,15 @@ def test_alignment_figure_needs_an_aam(tmp_path):
     with pytest.raises(InputError, match="has no attention alignment module"):
         plot_alignment(str(tmp_path / "train.json"), str(tmp_path / "aam.png"))
     assert not (tmp_path / "aam.png").exists()
+
+
+def test_the_curves_legend_covers_no_line():
+    """The legend lies outside both panels (it used to sit on the loss curves), inside the figure."""
+    fig = training_figure(training_summary(epochs=5))
+    renderer = fig.canvas.get_renderer()
+    loss_panel, bleu_panel = fig.axes
+    legend = loss_panel.get_legend().get_window_extent(renderer)
+    assert len(loss_panel.get_legend().get_texts()) == 2  # attention, ls
+    for panel in (loss_panel, bleu_panel):
+        assert not legend.overlaps(panel.get_window_extent(renderer))
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1
