@@ -268,13 +268,13 @@ def add_model_commands(sub) -> None:
 
 
 def add_scoring_commands(sub) -> None:
-    s = sub.add_parser("evaluate", help="BLEU and chrF with sacrebleu, saved as JSON with signatures")
+    s = sub.add_parser("evaluate", help="BLEU, chrF, chrF++ and TER with sacrebleu, saved as JSON with signatures and 95%% intervals")
     for option in ("hyp", "ref", "system", "test-set", "output"):
         s.add_argument(f"--{option}", required=True)
     add_section(s, "evaluation")
     s.set_defaults(run=cmd_evaluate)
 
-    s = sub.add_parser("significance", help="paired bootstrap of every student against the baseline students")
+    s = sub.add_parser("significance", help="paired test (bootstrap or approximate randomisation) of every student against the baseline students")
     s.add_argument("--ref", required=True)
     s.add_argument("--test-set", required=True)
     s.add_argument("--systems", nargs="+", required=True, help="run names, in the order of --hyps")

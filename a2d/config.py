@@ -240,10 +240,17 @@ class EvaluationConfig(Section):
 
     tokenize: str = setting("13a", "sacrebleu's BLEU tokenizer; none scores already-tokenised text (IWSLT'14)",
                             enum=TOKENIZERS)
-    lowercase: bool = setting(False, "case-insensitive BLEU and chrF")
-    bootstrap_samples: int = setting(1000, "paired bootstrap resamples", minimum=1)
+    lowercase: bool = setting(False, "case-insensitive BLEU, chrF and chrF++ (TER is sacrebleu's, case-insensitive)")
+    bootstrap_samples: int = setting(1000, "bootstrap resamples: each score's 95% confidence interval, and the "
+                                     "paired bootstrap test", minimum=2)
+    significance_test: str = setting("paired_bootstrap", "between a student and a baseline: sacrebleu's paired "
+                                     "bootstrap resampling or paired approximate randomisation",
+                                     enum=["paired_bootstrap", "approximate_randomisation"])
+    randomisation_trials: int = setting(10000, "trials of the approximate randomisation test", minimum=1)
     significance_level: float = setting(0.05, "p-value under which the table marks a student better than a baseline",
                                         exclusiveMinimum=0, exclusiveMaximum=1)
+    usable_bleu: float = setting(5.0, "when every student of a test set scores below this BLEU, the table says that "
+                                 "their ranking is noise-prone", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
-"""Scoring with sacrebleu's Python API: BLEU and chrF with their reproducibility signatures, and
-sacrebleu's paired bootstrap resampling test between systems on the same test set."""
+"""Scoring with sacrebleu's Python API: BLEU, chrF, chrF++ and TER with their reproducibility
+signatures and bootstrap confidence intervals, and sacrebleu's paired tests (bootstrap resampling or
+approximate randomisation) between systems on the same test set."""
 
 from __future__ import annotations
 
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from a2d.config import EvaluationConfig
 from a2d.files import InputError, read_lines
 
+METRICS = ("bleu", "chrf", "chrf++", "ter")  # the keys of metrics JSON, CSV columns and table columns
+LOWER_IS_BETTER = frozenset({"ter"})  # an edit rate
+TEST_TYPES = {"paired_bootstrap": "bs", "approximate_randomisation": "ar"}  # sacrebleu's names
+
 
 def metrics(cfg: EvaluationConfig) -> dict:
-    return {"bleu": BLEU(tokenize=cfg.tokenize, lowercase=cfg.lowercase), "chrf": CHRF(lowercase=cfg.lowercase)}
+    """The sacrebleu metric of each of METRICS, in that order."""
+    return {"bleu": BLEU(tokenize=cfg.tokenize, lowercase=cfg.lowercase), "chrf": CHRF(lowercase=cfg.lowercase),
+            "chrf++": CHRF(word_order=2, lowercase=cfg.lowercase), "ter": TER()}
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
@@ -26,25 +33,32 @@ def read_hypotheses(hyp_path: str, references: list[str], ref_path: str) -> list
 
 
 def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = EvaluationConfig()) -> dict:
-    """BLEU and chrF of a hypothesis file against one reference file, aligned by line."""
+    """Every metric of a hypothesis file against one reference file, aligned by line: the score, its
+    signature, sacrebleu's summary line, and the mean and half-width of its 95% bootstrap interval
+    (`<metric>_ci95`: the score lies in mean ± ci95 in 95% of resamples)."""
     refs = read_lines(ref_path)
     hyps = read_hypotheses(hyp_path, refs, ref_path)
     result = {"sentences": len(hyps)}
+    resampled = metrics(cfg)  # separate instances: a bootstrap adds its sample count to the signature
     for name, metric in metrics(cfg).items():
         score = metric.corpus_score(hyps, [refs])
+        interval = resampled[name].corpus_score(hyps, [refs], n_bootstrap=cfg.bootstrap_samples)
         result[name] = round(score.score, 2)
         result[f"{name}_signature"] = str(metric.get_signature())
         result[f"{name}_detail"] = str(score)
+        result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = round(interval._mean, 2), round(interval._ci, 2)
     return result
 
 
-def paired_bootstrap(baseline: tuple[str, list[str]], systems: list[tuple[str, list[str]]], references: list[str],
-                     cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
-    """p-values of each system against the baseline, per metric (sacrebleu's paired bootstrap)."""
-    test = PairedTest([baseline, *systems], metrics(cfg), [references], test_type="bs", n_samples=cfg.bootstrap_samples)
+def paired_test(baseline: tuple[str, list[str]], systems: list[tuple[str, list[str]]], references: list[str],
+                cfg: EvaluationConfig) -> dict[str, dict[str, float]]:
+    """p-values of each system against the baseline, per metric (sacrebleu's paired test)."""
+    test_type = TEST_TYPES[cfg.significance_test]
+    samples = cfg.bootstrap_samples if test_type == "bs" else cfg.randomisation_trials
+    test = PairedTest([baseline, *systems], metrics(cfg), [references], test_type=test_type, n_samples=samples)
     _, scores = test()
-    columns = [column for column in scores if column != "System"]  # named by metric: BLEU, chrF2
-    return {name: {key: scores[column][i].p_value for key, column in zip(("bleu", "chrf"), columns, strict=True)}
+    columns = [column for column in scores if column != "System"]  # named by sacrebleu: BLEU, chrF2, chrF2++, TER
+    return {name: {key: scores[column][i].p_value for key, column in zip(METRICS, columns, strict=True)}
             for i, name in enumerate(scores["System"]) if i > 0}
 
 
@@ -56,7 +70,7 @@ def significance(hyp_paths: dict[str, str], ref_path: str, pairs: list[tuple[str
     hyps = {name: read_hypotheses(path, refs, ref_path) for name, path in hyp_paths.items()}
     rows = []
     for baseline, partner, runs in pairs:
-        p_values = paired_bootstrap((partner, hyps[partner]), [(r, hyps[r]) for r in runs], refs, cfg)
+        p_values = paired_test((partner, hyps[partner]), [(r, hyps[r]) for r in runs], refs, cfg)
         rows += [{"system": run, "baseline": baseline, "baseline_run": partner,
                   **{f"{metric}_p": p for metric, p in p_values[run].items()}} for run in runs]
     return rows

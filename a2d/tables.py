@@ -1,7 +1,8 @@
 """Result tables in the paper's layout: one row per system (mean and standard deviation over seeds),
-BLEU and chrF per test set, marks for students significantly better than the no-KD and Word-KD
-baselines; as markdown, CSV (one row per run, with p-values) and LaTeX, the sacrebleu signatures under
-each. Provenance (resolved config, package versions, git commit) is written beside them."""
+BLEU, chrF, chrF++ and TER per test set, marks for students significantly better than the no-KD and
+Word-KD baselines; as markdown, CSV (one row per run, with each score's 95% bootstrap interval and
+the p-values) and LaTeX, the sacrebleu signatures under each. Provenance (resolved config, package
+versions, git commit) is written beside them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from a2d.config import Cleaning, EvaluationConfig
+from a2d.evaluate import LOWER_IS_BETTER, METRICS
 from a2d.files import atomic_path, read_json, write_json
 from a2d.plan import BASELINE_METHODS, base_name
 from a2d.summary import TrainingSummary
 
 MARKS = dict(zip(BASELINE_METHODS, "†‡"))  # by the baseline's method
-METRICS = ("bleu", "chrf")
+SCORE_COLUMNS = ("", "_signature", "_bootstrap_mean", "_ci95")  # per metric, after its name
 PACKAGES = ("torch", "deepspeed", "sacrebleu", "sentencepiece", "sacremoses", "snakemake", "numpy", "pandas", "ctranslate2")
 
 
@@ -51,8 +53,9 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
         for row in result["comparisons"]:
             columns = tests.setdefault((row["system"], result["test_set"]), {})
             for metric in METRICS:
-                columns[f"{metric}_p_vs_{row['baseline']}"] = row[f"{metric}_p"]
-                columns[f"{metric}_vs_{row['baseline']}"] = row["baseline_run"]
+                if f"{metric}_p" in row:  # absent from tests run before a2d scored it
+                    columns[f"{metric}_p_vs_{row['baseline']}"] = row[f"{metric}_p"]
+                    columns[f"{metric}_vs_{row['baseline']}"] = row["baseline_run"]
     rows = []
     for metrics in map(read_json, metric_paths):
         run = metrics["system"]
@@ -62,23 +65,31 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
             raise ValueError(f"no training summary for system {run!r}")
         rows.append({"system": base_name(run), "run": run, "method": summary.method,
                      "parameters": summary.parameters, "test_set": metrics["test_set"],
-                     **{m: metrics[m] for m in METRICS}, "bleu_signature": metrics["bleu_signature"],
-                     "chrf_signature": metrics["chrf_signature"],
+                     **{m + column: metrics.get(m + column) for m in METRICS for column in SCORE_COLUMNS},
                      "figures": ";".join(sorted(figures.get(run, []))),
                      "model_mb": model_mb.get(run), "export_mb": export_mb.get(run),
                      "sentences": speed.get("sentences"), "decoding_seconds": speed.get("seconds"),
                      "threads": speed.get("threads"), "device": speed.get("device"),
                      **tests.get((run, metrics["test_set"]), {})})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # Metrics files written before a2d scored a metric lack it: no columns rather than empty ones.
+    unscored = [m + column for m in METRICS if frame[m].isna().all() for column in SCORE_COLUMNS]
+    return frame.drop(columns=unscored)
+
+
+def scored_metrics(runs: pd.DataFrame) -> list[str]:
+    return [m for m in METRICS if m in runs]
 
 
 def better(runs: pd.DataFrame, metric: str, baseline: str, level: float, scores: dict) -> bool:
-    """Significantly better than the baseline in every seed pair: p below the level and a higher score
-    (sacrebleu gives even an identical system the smallest p-value, so the score must be checked too)."""
+    """Significantly better than the baseline in every seed pair: p below the level and a better score,
+    higher or (TER) lower (sacrebleu gives even an identical system the smallest p-value, so the
+    score must be checked too)."""
     column = f"{metric}_p_vs_{baseline}"
     if column not in runs or runs[column].isna().any():
         return False
-    return all(p < level and scores[run] > scores[partner]
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return all(p < level and sign * (scores[run] - scores[partner]) > 0
                for run, p, partner in zip(runs["run"], runs[column], runs[f"{metric}_vs_{baseline}"]))
 
 
@@ -98,7 +109,7 @@ def paper_frame(runs: pd.DataFrame, baselines: dict[str, str], level: float) -> 
         for test_set in dict.fromkeys(runs["test_set"]):
             cell_runs = group[group["test_set"] == test_set]
             on_test_set = runs[runs["test_set"] == test_set]
-            for metric in METRICS:
+            for metric in scored_metrics(runs):
                 scores = dict(zip(on_test_set["run"], on_test_set[metric]))
                 values = cell_runs[metric]
                 cell = f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
@@ -109,11 +120,16 @@ def paper_frame(runs: pd.DataFrame, baselines: dict[str, str], level: float) -> 
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("system")
 
 
-def footnote(runs: pd.DataFrame, baselines: dict[str, str], level: float, samples: int, cleaning: dict | None,
+def footnote(runs: pd.DataFrame, baselines: dict[str, str], evaluation: EvaluationConfig, cleaning: dict | None,
              overlap_warning: float) -> list[str]:
-    lines = [f"{MARKS[method]} better than {baseline} (paired bootstrap, {samples} samples, p < {level}, every seed pair)"
-             for baseline, method in baselines.items()]
-    lines += ["mean ± sample standard deviation over seeds where a system has several runs"]
+    test = (f"paired bootstrap, {evaluation.bootstrap_samples} samples"
+            if evaluation.significance_test == "paired_bootstrap"
+            else f"paired approximate randomisation, {evaluation.randomisation_trials} trials")
+    lines = [f"{MARKS[method]} better than {baseline} ({test}, p < {evaluation.significance_level}, every seed pair; "
+             "TER: lower)" for baseline, method in baselines.items()]
+    lines += ["mean ± sample standard deviation over seeds where a system has several runs; each run's 95% "
+              "bootstrap interval is in results.csv (<metric>_ci95)"]
+    lines += noise_warnings(runs, baselines, evaluation.usable_bleu)
     if runs["decoding_seconds"].notna().any():
         speed = runs.dropna(subset=["decoding_seconds"]).iloc[0]
         lines.append("MB: fp32 weights; CT2 MB: the CTranslate2 export; sent/s: sentences per second of the "
@@ -127,8 +143,21 @@ def footnote(runs: pd.DataFrame, baselines: dict[str, str], level: float, sample
     for name, blank in (cleaning or {}).get("blank_references", {}).items():
         lines.append(f"WARNING: {blank} references of {name} are blank (data.allow_blank_references): what any "
                      "system outputs there counts against its precision")
-    return lines + [f"sacrebleu {kind}: {sig}" for kind in ("bleu", "chrf")
+    return lines + [f"sacrebleu {kind}: {sig}" for kind in scored_metrics(runs)
                     for sig in sorted(set(runs[f"{kind}_signature"]))]
+
+
+def noise_warnings(runs: pd.DataFrame, baselines: dict[str, str], usable_bleu: float) -> list[str]:
+    """A warning per test set on which every student is below `usable_bleu`: there a significant
+    difference (0.26 against 0.21 BLEU) says nothing a user can act on."""
+    students = runs[runs["system"] != "teacher"]
+    lines = []
+    for test_set, group in students.groupby("test_set", sort=False):
+        if len(group) and (group["bleu"] < usable_bleu).all():
+            marks = " and its marks" if baselines else ""
+            lines.append(f"WARNING: on {test_set} every student scores below {usable_bleu:g} BLEU "
+                         f"(evaluation.usable_bleu): the ranking of the students{marks} is noise-prone")
+    return lines
 
 
 def latex(table: pd.DataFrame, notes: list[str]) -> str:
@@ -168,14 +197,14 @@ def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str
                  config_json: str = "{}", cleaning_path: str | None = None, cleaning: Cleaning = Cleaning(),
                  speed_paths=(), model_paths=(), export_paths=()) -> pd.DataFrame:
     """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
-    level, samples = evaluation.significance_level, evaluation.bootstrap_samples
+    level = evaluation.significance_level
     out = Path(out_dir)
     runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths, speed_paths, model_paths,
                       export_paths)
     baselines = baselines or {}
     table = paper_frame(runs, baselines, level)
     report = read_json(cleaning_path) if cleaning_path else None
-    notes = footnote(runs, baselines, level, samples, report, cleaning.overlap_warning)
+    notes = footnote(runs, baselines, evaluation, report, cleaning.overlap_warning)
     with atomic_path(out / "results.csv") as tmp:
         runs.drop(columns=["figures"]).to_csv(tmp, index=False)
     with atomic_path(out / "results.tex") as tmp:

@@ -1,4 +1,5 @@
-"""Scoring (sacrebleu's BLEU and chrF with signatures) and the paired tests between runs."""
+"""Scoring (sacrebleu's BLEU, chrF, chrF++ and TER with signatures and intervals) and the paired tests
+between runs."""
 
 import random
 
@@ -25,6 +26,31 @@ def test_scores_carry_their_signatures_and_follow_the_settings(tmp_path):
     folded = score_files(shouted, ref, EvaluationConfig(lowercase=True))
     assert folded["bleu"] == 100.0 and "case:lc" in folded["bleu_signature"]
     assert "tok:none" in score_files(shouted, ref, EvaluationConfig(tokenize="none"))["bleu_signature"]
+    assert exact["chrf++"] == 100.0 and exact["ter"] == 0.0
+    assert "nw:2" in exact["chrf++_signature"] and "nw:0" in exact["chrf_signature"]
+    assert exact["ter_signature"].startswith("nrefs:1|case:lc|tok:tercom")
+    assert all("bs:" not in exact[f"{m}_signature"] for m in ("bleu", "chrf", "chrf++", "ter"))
+
+
+def noisy_corpus(tmp_path, keep_rates, sentences=60, seed=0):
+    """A reference file and one hypothesis file per keep rate (each word kept or replaced)."""
+    rng = random.Random(seed)
+    words = "the a cat dog sat ran on mat house big small red".split()
+    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(sentences)]
+    hyps = [write(tmp_path / f"hyp{i}", [" ".join(w if rng.random() < keep else rng.choice(words) for w in r.split())
+                                         for r in refs]) for i, keep in enumerate(keep_rates)]
+    return write(tmp_path / "ref", refs), hyps
+
+
+def test_every_score_has_a_95_percent_bootstrap_interval(tmp_path):
+    ref, (good, bad) = noisy_corpus(tmp_path, (0.9, 0.4))
+    few, many = (score_files(good, ref, EvaluationConfig(bootstrap_samples=n)) for n in (50, 1000))
+    for metric in ("bleu", "chrf", "chrf++", "ter"):
+        assert 0 < many[f"{metric}_ci95"] < 25
+        assert abs(many[f"{metric}_bootstrap_mean"] - many[metric]) < many[f"{metric}_ci95"]
+        assert few[metric] == many[metric]  # the score itself does not resample
+    worse = score_files(bad, ref)
+    assert worse["bleu"] < many["bleu"] and worse["ter"] > many["ter"]
 
 
 def test_a_hypothesis_file_of_another_length_names_both_files(tmp_path):
@@ -48,5 +74,10 @@ def test_significance_pairs_runs_of_the_same_seed(tmp_path):
     assert [(r["system"], r["baseline_run"]) for r in rows] == [("student_a2d_seed1", "student_nokd_seed1"),
                                                                 ("student_a2d_seed2", "student_nokd_seed2")]
     assert rows[0]["bleu_p"] < 0.05 < rows[1]["bleu_p"]  # much better vs. equally noisy
+    assert rows[0]["ter_p"] < 0.05 < rows[1]["ter_p"] and rows[0]["chrf++_p"] < 0.05
+    randomised = significance(hyps, ref, pairs, EvaluationConfig(significance_test="approximate_randomisation",
+                                                                 randomisation_trials=500))
+    assert randomised[0]["bleu_p"] < 0.05 < randomised[1]["bleu_p"]
+    assert randomised[0]["bleu_p"] != rows[0]["bleu_p"]  # another test: other p-values
     with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
         seed_pairs(names, ["student_wkd"])

@@ -96,3 +96,44 @@ def test_size_and_speed_columns_come_from_the_model_files_and_decoding_reports(t
     assert "sent/s: sentences per second of the pipeline's own beam search" in (tmp_path / "tables" / "results.md").read_text()
     without = write_tables(metrics, summaries, str(tmp_path / "t2"))  # tables from before these columns existed
     assert "sent/s" not in without.columns and "MB" not in without.columns
+
+
+def test_ter_marks_a_lower_rate_and_the_csv_holds_every_interval(tmp_path):
+    scored = {"teacher": (30.0, 20.0), "student_nokd": (20.0, 60.0), "student_a2d": (24.0, 50.0),
+              "student_worse": (24.5, 70.0)}
+    metrics, summaries = [], []
+    for run, (bleu, ter) in scored.items():
+        metrics.append(str(tmp_path / f"{run}.json"))
+        write_json(metrics[-1], {"system": run, "test_set": "test", **{m: v for m in ("bleu", "chrf", "chrf++") for v in [bleu]},
+                                 "ter": ter, **{f"{m}_signature": f"sig-{m}" for m in ("bleu", "chrf", "chrf++", "ter")},
+                                 **{f"{m}_ci95": 1.5 for m in ("bleu", "chrf", "chrf++", "ter")},
+                                 **{f"{m}_bootstrap_mean": 1.0 for m in ("bleu", "chrf", "chrf++", "ter")}})
+        summaries.append(str(tmp_path / f"{run}.train.json"))
+        training_summary(run, "none" if run == "student_nokd" else "a2d").write(summaries[-1])
+    comparisons = [{"system": run, "baseline": "student_nokd", "baseline_run": "student_nokd",
+                    **{f"{m}_p": 0.001 for m in ("bleu", "chrf", "chrf++", "ter")}} for run in ("student_a2d", "student_worse")]
+    write_json(tmp_path / "sig.json", {"test_set": "test", "comparisons": comparisons})
+    table = write_tables(metrics, summaries, str(tmp_path / "tables"), significance_paths=[str(tmp_path / "sig.json")],
+                         baselines={"student_nokd": "none"})
+    assert table.loc["student_a2d", "test ter"] == "50.00†"  # 50 < 60: better
+    assert table.loc["student_worse", "test ter"] == "70.00"  # p < 0.05 but a higher edit rate
+    assert table.loc["student_worse", "test bleu"] == "24.50†"
+    runs = pd.read_csv(tmp_path / "tables" / "results.csv").set_index("run")
+    assert runs.loc["student_a2d", ["bleu_ci95", "ter_ci95", "chrf++_ci95"]].tolist() == [1.5, 1.5, 1.5]
+    notes = (tmp_path / "tables" / "results.md").read_text()
+    assert "- sacrebleu ter: sig-ter" in notes and "TER: lower" in notes and "noise-prone" not in notes
+
+
+def test_a_table_of_unusable_scores_says_its_ranking_is_noise_prone(tmp_path):
+    scores = {"teacher": (12.0, 30.0), "student_nokd_seed1": (0.21, 9.0), "student_a2d_seed1": (0.26, 9.5)}
+    metrics, summaries, sig = results(tmp_path, scores, {("student_a2d_seed1", "student_nokd"): 0.01})
+    write_tables(metrics, summaries, str(tmp_path / "tables"), significance_paths=sig, baselines={"student_nokd": "none"})
+    notes = (tmp_path / "tables" / "results.md").read_text()
+    assert ("- WARNING: on test every student scores below 5 BLEU (evaluation.usable_bleu): the ranking of the "
+            "students and its marks is noise-prone") in notes
+    assert "approximate randomisation" not in notes and "paired bootstrap, 1000 samples" in notes
+    from a2d.config import EvaluationConfig
+    write_tables(metrics, summaries, str(tmp_path / "t2"), significance_paths=sig, baselines={"student_nokd": "none"},
+                 evaluation=EvaluationConfig(usable_bleu=0.2, significance_test="approximate_randomisation"))
+    notes = (tmp_path / "t2" / "results.md").read_text()
+    assert "noise-prone" not in notes and "paired approximate randomisation, 10000 trials" in notes

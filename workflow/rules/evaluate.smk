@@ -37,7 +37,8 @@ rule evaluate:
 
 
 rule significance:
-    """Paired bootstrap of every student against the no-KD and Word-KD students on one test set."""
+    """Paired test (bootstrap or approximate randomisation) of every student against the no-KD and Word-KD
+    students on one test set."""
     input:
         hyps=expand(f"{RESULTS}/translations/{{system}}.{{{{test_set}}}}.txt", system=SYSTEMS),
         ref=f"{RESULTS}/corpus/{{test_set}}.tgt",
