@@ -69,19 +69,11 @@ def cmd_train(args):
 
 
 def cmd_translate(args):
-    import torch
+    from a2d.files import write_json
+    from a2d.translator import Translator
 
-    from a2d.checkpoint import load_model
-    from a2d.data import encode_lines, load_sentencepiece
-    from a2d.files import read_lines, write_json, write_lines
-    from a2d.search import timed_translate
-
-    torch.set_num_threads(args.threads)
-    model, src_sp, tgt_sp = load_model(args.model), load_sentencepiece(args.src_spm), load_sentencepiece(args.tgt_spm)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    sources = [torch.tensor(ids) for ids in encode_lines(src_sp, read_lines(args.input))]
-    hyps, speed = timed_translate(model, sources, args.decoding)
-    write_lines(args.output, [tgt_sp.decode(hyp) for hyp in hyps])
+    translator = Translator(args.model, args.src_spm, args.tgt_spm, decoding=args.decoding, threads=args.threads)
+    speed = translator.translate_file(args.input, args.output, progress=False if args.no_progress else None)
     if args.speed:
         write_json(args.speed, speed)
     print(f"{speed['sentences']} sentences in {speed['seconds']:.1f} s: {speed['sentences_per_s']:.1f} sentences/s, "
@@ -249,14 +241,16 @@ def add_train_command(sub) -> None:
 
 
 def add_model_commands(sub) -> None:
-    s = sub.add_parser("translate", help="translate a text file with beam search")
-    s.add_argument("--model", required=True, help="weights written by `train` (.safetensors)")
+    s = sub.add_parser("translate", help="translate a text file with beam search (a2d.Translator)")
+    s.add_argument("--model", required=True, help="weights written by `train` (.safetensors), or a CTranslate2 "
+                   "directory written by `export`")
     add_subword_models(s)
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     add_section(s, "decoding")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--speed", help="also write the decoding speed here (.json)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (shown from 1,000 sentences on)")
     s.set_defaults(run=cmd_translate)
 
     s = sub.add_parser("export", help="a trained model as a CTranslate2 model directory (int8 by default)")

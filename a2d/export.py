@@ -123,8 +123,9 @@ def load_translator(model_dir: str, threads: int, compute_type: str = "default")
 NEVER_EMITTED = [["<pad>"], ["<s>"]]  # a2d's SentencePiece names of PAD and BOS, which a2d.search never emits
 
 
-def ctranslate2_translate(translator, sources: list[list[str]], cfg: SearchConfig) -> list[list[str]]:
-    """Subword pieces in (without EOS), pieces out, in input order, decoded in length-sorted batches.
+def ctranslate2_translate(translator, sources: list[list[str]], cfg: SearchConfig, done=None) -> list[list[str]]:
+    """Subword pieces in (without EOS), pieces out, in input order, decoded in length-sorted batches;
+    `done(n)`, if given, hears of each batch's n sentences.
 
     CTranslate2 caps output length per call, not per sentence: each batch gets the cap of its
     longest source under a2d's rule (max_len_a * length + max_len_b, the length counting EOS),
@@ -141,4 +142,6 @@ def ctranslate2_translate(translator, sources: list[list[str]], cfg: SearchConfi
                                              suppress_sequences=NEVER_EMITTED, return_scores=False)
         for i, result in zip(ids, results):
             outputs[i] = result.hypotheses[0]
+        if done:
+            done(len(ids))
     return outputs

@@ -119,10 +119,10 @@ def beam_search(model: Transformer, src: Tensor, beam_size: int, length_penalty:
 
 
 @torch.no_grad()
-def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> list[list[int]]:
+def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig, done=None) -> list[list[int]]:
     """Decode encoded sources (each ending in EOS) in length-sorted batches, on the model's device;
     keeps input order. A source longer than the model's positions is cut to fit (with a warning):
-    every input line gets an output line."""
+    every input line gets an output line. `done(n)`, if given, hears of each batch's n sentences."""
     model.eval()
     device = next(model.parameters()).device
     limit = model.cfg.max_positions
@@ -143,6 +143,8 @@ def translate(model: Transformer, sources: list[Tensor], cfg: SearchConfig) -> l
             hyps = beam_search(model, src, cfg.beam_size, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, cfg.min_len)
         for i, hyp in zip(ids, hyps):
             outputs[i] = hyp
+        if done:
+            done(len(ids))
     return outputs
 
 

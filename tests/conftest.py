@@ -17,6 +17,13 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
              "--profile", str(ROOT / "workflow" / "profiles" / "local"), "--cores", "2"]
 
 
+def readme_block(after: str, language: str) -> str:
+    """The first ```<language> block of the README after the text `after`, as written there."""
+    readme = (ROOT / "README.md").read_text()
+    rest = readme[readme.index(after):]
+    return rest.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
 def snakemake(workdir: Path, config: Path | list[Path], *extra: str) -> str:
     # targets before --configfile, which would take them for more config files; later files are merged in
     configs = [str(path) for path in (config if isinstance(config, list) else [config])]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, SNAKEMAKE, snakemake
+from conftest import ROOT, SNAKEMAKE, readme_block, snakemake
 from safetensors.torch import load_file
 
 from a2d.checkpoint import tag_order
@@ -220,13 +220,6 @@ def test_killed_training_resumes_when_snakemake_runs_again(tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-
-
-def readme_block(after: str, language: str) -> str:
-    """The first ```<language> block of the README after the text `after`, as written there."""
-    readme = (ROOT / "README.md").read_text()
-    rest = readme[readme.index(after):]
-    return rest.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.e2e
