@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from a2d.board import TrainingBoard
 from a2d.checkpoint import load_model, load_strictly, save_model
 from a2d.config import SearchConfig, SystemSpec
 from a2d.data import ParallelData, load_sentencepiece
@@ -154,6 +155,7 @@ class TrainingFiles:
     output: str  # best weights
     summary: str
     teacher: str | None = None
+    tensorboard: str | None = None  # event files' directory (rank 0); None: none
 
 
 @dataclass
@@ -262,6 +264,7 @@ class Trainer:
             self.say(f"{self.spec.name}: new run in {self.run.path}")
         if world.main:
             self.run.restart_step_log(self.progress.step)
+        self.board = TrainingBoard(self.files.tensorboard if world.main else None, self.progress.step)
         self.engine.train()
 
     def reached_max_steps(self) -> bool:
@@ -307,6 +310,7 @@ class Trainer:
         any process got a stop signal."""
         progress, engine, world = self.progress, self.engine, self.world
         update_loss, update_started, update_tokens, stop_requested = 0.0, time.perf_counter(), 0, False
+        update_terms: dict[str, float] = {}  # this process's micro-batches: per target token, their mean
         rank, accumulation = world.rank, self.accumulation
         for index in chunk[rank * accumulation:(rank + 1) * accumulation]:
             torch.manual_seed(batch_seed(self.cfg.seed, progress.epoch, index))
@@ -323,15 +327,18 @@ class Trainer:
             update_loss += loss_sum / self.per_update
             update_tokens += batch.target_tokens
             for name, value in terms.logged().items():
-                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + value / batch.target_tokens
+                per_token = value / batch.target_tokens
+                stats.term_sums[name] = stats.term_sums.get(name, 0.0) + per_token
+                update_terms[name] = update_terms.get(name, 0.0) + per_token / accumulation
         progress.step += 1
         progress.batches_done += self.per_update
         stats.updates += 1
         stats.tokens += update_tokens
         self.last_loss = update_loss
         if world.main:
-            self.run.log_step(progress.step, update_loss, engine.get_lr()[0], update_tokens,
-                              time.perf_counter() - update_started)
+            seconds = time.perf_counter() - update_started
+            self.run.log_step(progress.step, update_loss, engine.get_lr()[0], update_tokens, seconds)
+            self.board.update(progress.step, update_terms, engine.get_lr()[0], update_tokens / max(seconds, 1e-9))
         return stop_requested
 
     def end_epoch(self, stats: EpochStats) -> None:
@@ -344,6 +351,7 @@ class Trainer:
         bleu = world.broadcast(validate(full.student, self.valid_data, self.references, self.sp, self.spec)
                                if world.main else None)
         progress.history.append(self.history_entry(stats, bleu, epoch_done, elapsed))
+        self.board.epoch(progress.step, progress.epoch, bleu)
         if bleu > progress.best_bleu:
             progress.best_bleu, progress.best_epoch, progress.bad_epochs = bleu, progress.epoch, 0
             progress.best_alignment = alignment_weights(full)
@@ -377,6 +385,7 @@ class Trainer:
             model=self.model_cfg.to_dict(), steps=progress.step, best_valid_bleu=round(progress.best_bleu, 2),
             best_epoch=progress.best_epoch, history=[EpochRecord(**record) for record in progress.history],
             run_dir=str(self.run.path), alignment=progress.best_alignment)
+        self.board.close()
         if self.world.main:
             with atomic_path(self.files.output) as tmp:
                 shutil.copyfile(self.run.best, tmp)
@@ -389,16 +398,17 @@ class Trainer:
 
 def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
           checkpoint_dir: str, output: str, summary: str, teacher_path: str | None = None,
-          threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
+          tensorboard: str | None = None, threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
           stop: StopRequest | None = None, progress_bar: bool = True) -> TrainingSummary:
     """Train (or resume) one system; writes the best weights to `output` and a JSON `summary`.
 
     Run in each process of a world of `processes` x `nodes` (see a2d.launch); `devices` > 0 checks
     that many GPUs are visible per node. `stop`, where the caller has installed it, says when a stop
-    signal came: training then saves and raises `Stopped`.
+    signal came: training then saves and raises `Stopped`. `tensorboard`: a directory for the run's
+    event files (a2d.board).
     """
     files = TrainingFiles(train_path, valid_path, valid_ref, src_spm, tgt_spm, checkpoint_dir, output, summary,
-                          teacher_path)
+                          teacher_path, tensorboard)
     trainer = Trainer(spec, files, threads, processes, nodes, devices, stop or StopRequest(), progress_bar)
     trainer.resume()
     while not trainer.finished():

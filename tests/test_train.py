@@ -18,11 +18,56 @@ def spec(name="teacher", method="none", **training) -> SystemSpec:
     return SystemSpec(name, dict(SHAPE), MethodConfig(name=method), TrainingConfig(**{**cfg, **training}))
 
 
-def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None) -> dict:
+def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None, tensorboard=None) -> dict:
     return train(system, train_path=str(corpus["train"]), valid_path=str(corpus["valid"]),
                  valid_ref=str(corpus["valid.tgt"]), src_spm=str(corpus["spm"]), tgt_spm=str(corpus["spm"]),
                  checkpoint_dir=str(tmp_path / ckpt), output=str(tmp_path / out),
-                 summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, progress_bar=False)
+                 summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, tensorboard=tensorboard,
+                 progress_bar=False)
+
+
+def board_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files in `directory`: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_the_run_can_be_watched_in_tensorboard(tiny_corpus, tmp_path):
+    """Every loss term, the learning rate and tokens/s per update, validation BLEU per epoch; a
+    resumed run continues its curves without repeating a step."""
+    teacher = run(tiny_corpus, tmp_path, spec(max_steps=2), "t", "teacher.safetensors")
+    student = dataclasses.replace(spec("student", "a2d", max_steps=3, max_epochs=2),
+                                  model=dict(SHAPE, encoder_layers=1, decoder_layers=1))
+    board = tmp_path / "board"
+    run(tiny_corpus, tmp_path, student, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"),
+        tensorboard=str(board))
+    resumed = dataclasses.replace(student, training=dataclasses.replace(student.training, max_steps=5))
+    summary = run(tiny_corpus, tmp_path, resumed, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"),
+                  tensorboard=str(board))
+    scalars = board_scalars(board)
+    assert {"train/total", "train/ls", "train/kd", "train/word", "train/attention", "train/kl_encoder_self",
+            "train/kl_decoder_self", "train/kl_decoder_cross", "train/lr", "train/target_tokens_per_s",
+            "valid/bleu"} <= set(scalars)
+    assert [step for step, _ in scalars["train/total"]] == [1, 2, 3, 4, 5]
+    steps_tsv = (tmp_path / "s").glob("*/steps.tsv")
+    logged_lr = [float(line.split("\t")[2]) for line in next(steps_tsv).read_text().splitlines()[1:]]
+    assert [value for _, value in scalars["train/lr"]] == pytest.approx(logged_lr, rel=1e-5)
+    assert [value for _, value in scalars["valid/bleu"]] == pytest.approx([h.valid_bleu for h in summary.history],
+                                                                          abs=0.006)
+    assert [step for step, _ in scalars["valid/bleu"]] == [h.step for h in summary.history]
+    assert all(value > 0 for _, value in scalars["train/target_tokens_per_s"])
+    assert teacher.steps == 2
+    # the README's command, in its mode that reads the files and prints what it found instead of serving
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inspected = subprocess.run([Path(sys.executable).parent / "tensorboard", "--inspect", "--logdir", str(board)],
+                               capture_output=True, text=True)
+    assert inspected.returncode == 0 and "train/total" in inspected.stdout and "valid/bleu" in inspected.stdout
 
 
 def final_weights(checkpoint_dir, step):
