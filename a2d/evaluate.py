@@ -46,7 +46,8 @@ def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = Evaluation
         result[name] = round(score.score, 2)
         result[f"{name}_signature"] = str(metric.get_signature())
         result[f"{name}_detail"] = str(score)
-        result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = round(interval._mean, 2), round(interval._ci, 2)
+        # numpy floats (from the resampling) as Python floats, for JSON
+        result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = round(float(interval._mean), 2), round(float(interval._ci), 2)
     return result
 
 

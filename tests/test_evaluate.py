@@ -1,6 +1,7 @@
 """Scoring (sacrebleu's BLEU, chrF, chrF++ and TER with signatures and intervals) and the paired tests
 between runs."""
 
+import json
 import random
 
 import pytest
@@ -45,6 +46,7 @@ def noisy_corpus(tmp_path, keep_rates, sentences=60, seed=0):
 def test_every_score_has_a_95_percent_bootstrap_interval(tmp_path):
     ref, (good, bad) = noisy_corpus(tmp_path, (0.9, 0.4))
     few, many = (score_files(good, ref, EvaluationConfig(bootstrap_samples=n)) for n in (50, 1000))
+    json.dumps(many)  # what `evaluate` writes
     for metric in ("bleu", "chrf", "chrf++", "ter"):
         assert 0 < many[f"{metric}_ci95"] < 25
         assert abs(many[f"{metric}_bootstrap_mean"] - many[metric]) < many[f"{metric}_ci95"]
