@@ -23,3 +23,4 @@ rule all:
         f"{RESULTS}/tables/results.csv",
         f"{RESULTS}/tables/results.tex",
         f"{RESULTS}/tables/provenance.json",
+        HF_EXPORTS,

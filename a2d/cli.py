@@ -82,6 +82,12 @@ def cmd_translate(args):
 
 
 def cmd_export(args):
+    if args.format == "hf":
+        from a2d.huggingface import export_hf
+
+        export_hf(args.model, args.src_spm, args.tgt_spm, args.output, args.decoding, tuple(args.languages))
+        print(f"{args.model} -> {args.output} (Hugging Face transformers)", file=sys.stderr)
+        return
     from a2d.export import export_ctranslate2
 
     quantization = args.export.quantization
@@ -255,11 +261,17 @@ def add_model_commands(sub) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar (shown from 1,000 sentences on)")
     s.set_defaults(run=cmd_translate)
 
-    s = sub.add_parser("export", help="a trained model as a CTranslate2 model directory (int8 by default)")
+    s = sub.add_parser("export", help="a trained model as a CTranslate2 model directory (int8 by default) or a "
+                       "Hugging Face transformers one")
     s.add_argument("--model", required=True, help="weights written by `train` (.safetensors)")
     add_subword_models(s)
-    s.add_argument("--output", required=True, help="CTranslate2 model directory (replaced)")
+    s.add_argument("--output", required=True, help="model directory (replaced)")
+    s.add_argument("--format", choices=["ctranslate2", "hf"], default="ctranslate2",
+                   help="hf: AutoModelForSeq2SeqLM and AutoTokenizer load it, generate() translates")
     add_section(s, "export")
+    add_section(s, "decoding")
+    s.add_argument("--languages", nargs=2, default=["src", "tgt"], metavar=("SOURCE", "TARGET"),
+                   help="hf: the language codes its config names")
     s.set_defaults(run=cmd_export)
 
 

@@ -226,9 +226,11 @@ QUANTIZATIONS = ["int8", "int8_float32", "int16", "float32"]
 
 @dataclass(frozen=True)
 class ExportConfig(Section):
-    """The deployable CTranslate2 model written for every system."""
+    """The deployable models written for every system: CTranslate2, and on request Hugging Face transformers."""
 
     quantization: str = setting("int8", "CTranslate2 weight type", enum=QUANTIZATIONS)
+    huggingface: bool = setting(False, "also a Hugging Face transformers directory per system "
+                                "(deploy/<system>.hf; `make venv` installs transformers)")
 
 
 TOKENIZERS = ["13a", "none", "intl", "char", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200"]

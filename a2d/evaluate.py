@@ -39,16 +39,26 @@ def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = Evaluation
     refs = read_lines(ref_path)
     hyps = read_hypotheses(hyp_path, refs, ref_path)
     result = {"sentences": len(hyps)}
-    resampled = metrics(cfg)  # separate instances: a bootstrap adds its sample count to the signature
+    intervals = bootstrap_intervals(hyps, refs, cfg)
     for name, metric in metrics(cfg).items():
         score = metric.corpus_score(hyps, [refs])
-        interval = resampled[name].corpus_score(hyps, [refs], n_bootstrap=cfg.bootstrap_samples)
         result[name] = round(score.score, 2)
         result[f"{name}_signature"] = str(metric.get_signature())
         result[f"{name}_detail"] = str(score)
-        # numpy floats (from the resampling) as Python floats, for JSON
-        result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = round(float(interval._mean), 2), round(float(interval._ci), 2)
+        result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = intervals[name]
     return result
+
+
+def bootstrap_intervals(hyps: list[str], refs: list[str], cfg: EvaluationConfig) -> dict[str, tuple[float, float]]:
+    """Per metric the mean and half-width of the 95% interval over `bootstrap_samples` resamples of
+    the sentences: sacrebleu's paired test computes them for its baseline, here the only system.
+    (corpus_score's own n_bootstrap fails on some systems: its resampled BLEU mixes float and numpy
+    float32, which Python's statistics.mean refuses.)"""
+    test = PairedTest([("system", hyps)], metrics(cfg), [refs], test_type="bs", n_samples=cfg.bootstrap_samples)
+    _, scores = test()
+    columns = [column for column in scores if column != "System"]
+    return {name: (round(float(scores[column][0].mean), 2), round(float(scores[column][0].ci), 2))
+            for name, column in zip(METRICS, columns, strict=True)}
 
 
 def paired_test(baseline: tuple[str, list[str]], systems: list[tuple[str, list[str]]], references: list[str],

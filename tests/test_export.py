@@ -2,22 +2,14 @@
 
 import pytest
 import torch
+from conftest import PIECES, VOCAB, sources, trained_copier
 
 from a2d.config import ModelConfig, SearchConfig
 from a2d.export import ctranslate2_translate, load_translator, write_ctranslate2
-from a2d.losses import label_smoothed_nll
-from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
+from a2d.model import EOS_ID, Transformer
 from a2d.search import translate
 
-VOCAB = 40
-PIECES = ["<pad>", "<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(4, VOCAB)]
 GREEDY = SearchConfig(beam_size=1, max_len_a=1.2, max_len_b=3, batch_size=1)  # batch 1: the rule is per sentence
-
-
-def sources(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, VOCAB, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
 
 
 def ours_greedy(model: Transformer, srcs: list[list[int]]) -> list[list[str]]:
@@ -46,34 +38,7 @@ def test_float32_export_decodes_exactly_like_pytorch(tmp_path, pre_norm, shared)
 
 @pytest.fixture(scope="module")
 def copying_model() -> Transformer:
-    """A student trained until it copies its input: the deployable case, confident outputs that end.
-    One thread, so that the trained model does not depend on the thread count; it still depends on
-    the CPU's kernels (unseen sentences copied of 100: 98 on a 2-core AVX2 EPYC, 93 on an AVX-512
-    one; 400 steps gave 82 on one thread and 89 on two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_copying_model()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_copying_model() -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, encoder_layers=2, decoder_layers=2, d_model=64, heads=4,
-                                    ffn=128, dropout=0.0, max_positions=64, share_all_embeddings=True))
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    pad = lambda seqs: torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=PAD_ID)  # noqa: E731
-    for step in range(800):
-        srcs = sources(32, seed=100 + step)
-        src = pad([torch.tensor(s + [EOS_ID]) for s in srcs])
-        target = pad([torch.tensor(s + [EOS_ID]) for s in srcs])
-        prev = torch.cat([torch.full((len(srcs), 1), BOS_ID), target[:, :-1].masked_fill(target[:, :-1] == EOS_ID, PAD_ID)], 1)
-        loss, _ = label_smoothed_nll(model(src, prev).logits, target, target != PAD_ID, 0.0)
-        optimizer.zero_grad()
-        (loss / (target != PAD_ID).sum()).backward()
-        optimizer.step()
-    return model.eval()
+    return trained_copier(pre_norm=False)
 
 
 def test_int8_export_translates_nearly_as_well_as_the_student(tmp_path, copying_model):

@@ -38,6 +38,8 @@ SUBWORDS = section(config, "sentencepiece").to_json()
 SEQ_KD_SHARDS = [f"train_shard{i}" for i in range(section(config, "seq_kd").shards)]
 BASELINES = baselines(config)  # system -> method, which picks its mark in the table
 A2D_SYSTEMS = [name for name in SYSTEMS if system_spec(config, name).method.name == "a2d"]
+# Hugging Face exports (export.huggingface); the rule also builds one on request.
+HF_EXPORTS = [f"{RESULTS}/deploy/{name}.hf" for name in SYSTEMS] if section(config, "export").huggingface else []
 
 wildcard_constraints:
     system="|".join(SYSTEMS),
