@@ -63,8 +63,7 @@ def cmd_train(args):
 
         train(SystemSpec.from_json(args.spec), train_path=args.train, valid_path=args.valid, valid_ref=args.valid_ref,
               src_spm=args.src_spm, tgt_spm=args.tgt_spm, checkpoint_dir=args.checkpoint_dir, output=args.output,
-              summary=args.summary, teacher_path=args.teacher, tensorboard=args.tensorboard or None,
-              threads=max(1, args.threads // args.processes),
+              summary=args.summary, teacher_path=args.teacher, threads=max(1, args.threads // args.processes),
               processes=args.processes, nodes=args.nodes, devices=devices, stop=stop,
               progress_bar=not args.no_progress)
 
@@ -233,7 +232,6 @@ def add_train_command(sub) -> None:
     s.add_argument("--checkpoint-dir", required=True, help="where to keep resumable checkpoints")
     s.add_argument("--output", required=True, help="best weights (.safetensors)")
     s.add_argument("--summary", required=True, help="training summary (.json)")
-    s.add_argument("--tensorboard", default="", help="directory for TensorBoard event files (empty: none)")
     s.add_argument("--threads", type=int, default=1, help="CPU threads of the whole job (shared by its processes)")
     s.add_argument("--processes", type=int, default=1,
                    help="data-parallel processes per node (one per GPU); above 1, torchrun starts them")

@@ -121,7 +121,8 @@ class MethodConfig(Section):
     temperature: float = setting(1.0, "word-level KD (word_kd, selective_kd, a2d)", exclusiveMinimum=0)
     selective_fraction: float = setting(0.5, "selective_kd: the hardest fraction of target tokens by student NLL", exclusiveMinimum=0, maximum=1)
     a2d_mode: str = setting("faithful-described", "a2d: the recipe whose factors the unset settings below take "
-                            "(docs/methods.md#a2d-recipes-and-their-factors)", enum=list(A2D_PRESETS))
+                            "(docs/methods.md#a2d-recipes-and-their-factors); `faithful`, its earlier name, is "
+                            "faithful-described", enum=[*A2D_PRESETS, "faithful"])
     layerwise: bool = setting(False, "a2d: align head-averaged layers rather than heads (the paper's ablation)")
     encoder_self: float | None = setting(None, "A2D weight of this attention type (0: off); unset: the recipe's", minimum=0)
     decoder_self: float | None = setting(None, "A2D weight of this attention type (0: off); unset: the recipe's", minimum=0)
@@ -148,6 +149,18 @@ class MethodConfig(Section):
     feature_weight: float = setting(1.0, "pkd, alp_kd, minilm", minimum=0)
     pkd_mapping: str = setting("skip", "pkd: skip, evenly spaced teacher layers up to the top; last, the top ones", enum=["skip", "last"])
     relation_heads: int = setting(4, "minilm", minimum=1)
+
+    def __post_init__(self):
+        # Canonical form, so that specs (and run digests) do not change with how a recipe is spelt:
+        # `faithful` is faithful-described's earlier name, and a factor set to its recipe's value is
+        # the recipe's.
+        if self.a2d_mode == "faithful":
+            object.__setattr__(self, "a2d_mode", "faithful-described")
+        preset = A2D_PRESETS.get(self.a2d_mode, {})
+        for name, value in preset.items():
+            if getattr(self, name) == value:
+                object.__setattr__(self, name, None)
+        super().__post_init__()
 
     def check(self):
         if self.name == "a2d" and not self.attention_types:

@@ -54,6 +54,7 @@ class RunDirectory:
         self.path = Path(checkpoint_dir) / run_digest(spec, inputs, batches_per_update)
         self.best = self.path / "best.safetensors"
         self.steps = self.path / "steps.tsv"
+        self.board = self.path / "tensorboard"  # a2d.board's event files, one directory per run
         self.name = spec.name
 
     def checkpoint_to_resume(self, world_size: int, log) -> dict | None:

@@ -72,8 +72,9 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
                      "threads": speed.get("threads"), "device": speed.get("device"),
                      **tests.get((run, metrics["test_set"]), {})})
     frame = pd.DataFrame(rows)
-    # Metrics files written before a2d scored a metric lack it: no columns rather than empty ones.
-    unscored = [m + column for m in METRICS if frame[m].isna().all() for column in SCORE_COLUMNS]
+    # Metrics files written before a2d scored a metric lack it: a metric some run lacks is left out
+    # (re-run `evaluate` to have it), rather than shown half empty.
+    unscored = [m + column for m in METRICS if frame[m].isna().any() for column in SCORE_COLUMNS]
     return frame.drop(columns=unscored)
 
 

@@ -155,7 +155,6 @@ class TrainingFiles:
     output: str  # best weights
     summary: str
     teacher: str | None = None
-    tensorboard: str | None = None  # event files' directory (rank 0); None: none
 
 
 @dataclass
@@ -264,7 +263,7 @@ class Trainer:
             self.say(f"{self.spec.name}: new run in {self.run.path}")
         if world.main:
             self.run.restart_step_log(self.progress.step)
-        self.board = TrainingBoard(self.files.tensorboard if world.main else None, self.progress.step)
+        self.board = TrainingBoard(self.run.board if world.main else None, self.progress.step, self.say)
         self.engine.train()
 
     def reached_max_steps(self) -> bool:
@@ -276,6 +275,7 @@ class Trainer:
 
     def save(self) -> None:
         self.run.save(self.engine, self.progress, self.world, self.cfg.zero_stage, self.cfg.keep_checkpoints)
+        self.board.flush()  # what a resumed run keeps is what the checkpoint holds
 
     def train_epoch(self) -> EpochStats:
         """The epoch's remaining updates (up to max_steps); on a stop signal, save and raise `Stopped`."""
@@ -398,17 +398,17 @@ class Trainer:
 
 def train(spec: SystemSpec, *, train_path: str, valid_path: str, valid_ref: str, src_spm: str, tgt_spm: str,
           checkpoint_dir: str, output: str, summary: str, teacher_path: str | None = None,
-          tensorboard: str | None = None, threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
+          threads: int = 1, processes: int = 1, nodes: int = 1, devices: int = 0,
           stop: StopRequest | None = None, progress_bar: bool = True) -> TrainingSummary:
     """Train (or resume) one system; writes the best weights to `output` and a JSON `summary`.
 
     Run in each process of a world of `processes` x `nodes` (see a2d.launch); `devices` > 0 checks
     that many GPUs are visible per node. `stop`, where the caller has installed it, says when a stop
-    signal came: training then saves and raises `Stopped`. `tensorboard`: a directory for the run's
-    event files (a2d.board).
+    signal came: training then saves and raises `Stopped`. The run's TensorBoard event files go to
+    its run directory (a2d.board).
     """
     files = TrainingFiles(train_path, valid_path, valid_ref, src_spm, tgt_spm, checkpoint_dir, output, summary,
-                          teacher_path, tensorboard)
+                          teacher_path)
     trainer = Trainer(spec, files, threads, processes, nodes, devices, stop or StopRequest(), progress_bar)
     trainer.resume()
     while not trainer.finished():

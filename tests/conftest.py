@@ -62,6 +62,14 @@ def tiny_model(seed=0, **shape) -> Transformer:
     return Transformer(ModelConfig(**{**cfg, **shape})).eval()
 
 
+def sharp(model: Transformer) -> Transformer:
+    """Weights x 3: sharper distributions than the initialisation's, so that argmax ties are unlikely."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    return model
+
+
 def random_batch(vocab=50, B=3, S=7, T=5, seed=1):
     """Source and decoder-input tokens with right padding of varied lengths."""
     from a2d.model import BOS_ID, PAD_ID

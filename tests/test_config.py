@@ -19,7 +19,10 @@ from a2d.settings import ConfigError, default_of
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 TINY_REAL = ROOT / "tests" / "configs" / "tiny_real.yaml"
 # Where a generic new value cannot work with the shape around it (d_model must divide by heads).
-SPECIAL = {("model", "heads"): 4, ("model", "d_model"): 32}
+SPECIAL = {("model", "heads"): 4, ("model", "d_model"): 32,
+           # A2D factors: a value other than the default recipe's (its own value is the recipe's, unset)
+           ("method", "attention_distribution"): "rows", ("method", "attention_reduction"): "channel_mean",
+           ("method", "aam"): "normalised", ("method", "word_normaliser"): "target_tokens", ("method", "kd_loss"): "kl"}
 
 
 def other_value(prop: dict, current):

@@ -1,6 +1,7 @@
 """Scoring (sacrebleu's BLEU, chrF, chrF++ and TER with signatures and intervals) and the paired tests
 between runs."""
 
+import dataclasses
 import json
 import random
 
@@ -82,9 +83,11 @@ def test_significance_pairs_runs_of_the_same_seed(tmp_path):
                                                                 ("student_a2d_seed2", "student_nokd_seed2")]
     assert rows[0]["bleu_p"] < 0.05 < rows[1]["bleu_p"]  # much better vs. equally noisy
     assert rows[0]["ter_p"] < 0.05 < rows[1]["ter_p"] and rows[0]["chrf++_p"] < 0.05
-    randomised = significance(hyps, ref, pairs, EvaluationConfig(significance_test="approximate_randomisation",
-                                                                 randomisation_trials=500))
+    same_count = EvaluationConfig(bootstrap_samples=500, randomisation_trials=500)
+    bootstrap = significance(hyps, ref, pairs, same_count)
+    randomised = significance(hyps, ref, pairs, dataclasses.replace(same_count,
+                                                                    significance_test="approximate_randomisation"))
     assert randomised[0]["bleu_p"] < 0.05 < randomised[1]["bleu_p"]
-    assert randomised[0]["bleu_p"] != rows[0]["bleu_p"]  # another test: other p-values
+    assert randomised[1]["bleu_p"] != bootstrap[1]["bleu_p"]  # the same number of samples, another test
     with pytest.raises(InputError, match="no run 'student_wkd_seed1' of baseline 'student_wkd'"):
         seed_pairs(names, ["student_wkd"])

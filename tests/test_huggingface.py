@@ -4,7 +4,7 @@ a2d's own search, the tokenizer encodes as a2d does, and the README's snippet ru
 
 import pytest
 import torch
-from conftest import readme_block, sources, tiny_model, trained_copier
+from conftest import readme_block, sharp, sources, tiny_model, trained_copier
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from a2d.config import SearchConfig
@@ -12,14 +12,6 @@ from a2d.data import encode_lines, load_sentencepiece
 from a2d.huggingface import hf_model, write_hf
 from a2d.model import EOS_ID, PAD_ID
 from a2d.search import max_lengths, translate
-
-
-def sharp(model):
-    """Sharper distributions than the initialisation's, so that argmax ties are unlikely."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3)
-    return model
 
 
 SHAPES = {"post-norm, separate vocabularies": dict(pre_norm=False, vocab_size=50, src_vocab_size=43),
@@ -100,10 +92,14 @@ def test_the_saved_directory_loads_with_auto_classes_and_tokenizes_as_a2d(tiny_c
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "m.hf")
     sentences = tiny_corpus["test.src"].read_text().splitlines()[:10]
     assert [tokenizer(s)["input_ids"] for s in sentences] == encode_lines(source, sentences)
+    ids = torch.tensor([[4, 9, 11, EOS_ID]])
+    prev = torch.tensor([[2, 5, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, decoder_input_ids=prev).logits,
+                                   hf_model(model, cfg)(input_ids=ids, decoder_input_ids=prev).logits, rtol=0, atol=0)
     generation = loaded.generation_config
     assert (generation.num_beams, generation.length_penalty, generation.min_new_tokens) == (4, 0.8, 2)
     assert generation.early_stopping is True and generation.decoder_start_token_id == 2
-    ids = torch.tensor([[4, 9, 11, EOS_ID]])
     out = loaded.generate(input_ids=ids, num_beams=1, max_new_tokens=6)[0].tolist()
     assert out[1:] and all(t < target.get_piece_size() and t not in (PAD_ID, 2) for t in out[1:])
     UNK = 1

@@ -291,3 +291,22 @@ def test_corrected_a2d_loss_by_hand():
     nll = -math.log(math.exp(1) / (1 + math.exp(1)))
     assert terms.word.item() == pytest.approx(0.5 * nll, rel=1e-5)  # KD term is 0: student = teacher
 
+
+
+@pytest.mark.parametrize("normalised", [True, False], ids=["normalised-aam", "free-aam"])
+def test_the_students_masked_keys_do_not_change_the_rowwise_loss(normalised):
+    """Scribbling over the student's maps at keys a row may not attend to (padding; the future in
+    decoder self-attention) changes nothing: wrong key masks would let them in."""
+    batch = target_batch()
+    student, teacher = layer_maps(tiny_model(seed=1), batch), layer_maps(tiny_model(seed=2), batch)
+    torch.manual_seed(0)
+    aam = AttentionAlignment(tiny_model().cfg, tiny_model().cfg, normalised=normalised)
+    base = a2d_attention_term(aam, student, teacher, batch, rows=True)
+    T = batch.prev.size(1)
+    hidden = {"encoder_self": (batch.src == PAD_ID)[:, None, None, :],
+              "decoder_cross": (batch.src == PAD_ID)[:, None, None, :],
+              "decoder_self": torch.ones(T, T, dtype=torch.bool).triu(1)[None, None]}
+    scribbled = AttentionMaps(**{k: [m.masked_fill(hidden[k], 0.45) for m in layers] for k, layers in student.items()})
+    torch.testing.assert_close(a2d_attention_term(aam, scribbled, teacher, batch, rows=True), base)
+    flattened = a2d_attention_term(aam, scribbled, teacher, batch, rows=False)
+    assert flattened != a2d_attention_term(aam, student, teacher, batch, rows=False)  # the flattened KL sees them

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 from conftest import training_summary
 
-from a2d.files import write_json
+from a2d.files import read_json, write_json
 from a2d.tables import write_tables
 
 SIG = {"bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}
@@ -120,6 +120,13 @@ def test_ter_marks_a_lower_rate_and_the_csv_holds_every_interval(tmp_path):
     assert table.loc["student_worse", "test bleu"] == "24.50†"
     runs = pd.read_csv(tmp_path / "tables" / "results.csv").set_index("run")
     assert runs.loc["student_a2d", ["bleu_ci95", "ter_ci95", "chrf++_ci95"]].tolist() == [1.5, 1.5, 1.5]
+    # one run scored before TER and chrF++ existed: those metrics leave the table, the rest stays
+    old = {k: v for k, v in read_json(metrics[-1]).items() if not k.startswith(("ter", "chrf++"))}
+    write_json(metrics[-1], old)
+    mixed = write_tables(metrics, summaries, str(tmp_path / "mixed"), significance_paths=[str(tmp_path / "sig.json")],
+                         baselines={"student_nokd": "none"})
+    assert "test ter" not in mixed.columns and "test chrf++" not in mixed.columns
+    assert mixed.loc["student_worse", "test bleu"] == "24.50†"
     notes = (tmp_path / "tables" / "results.md").read_text()
     assert "- sacrebleu ter: sig-ter" in notes and "TER: lower" in notes and "noise-prone" not in notes
 

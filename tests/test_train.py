@@ -18,12 +18,11 @@ def spec(name="teacher", method="none", **training) -> SystemSpec:
     return SystemSpec(name, dict(SHAPE), MethodConfig(name=method), TrainingConfig(**{**cfg, **training}))
 
 
-def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None, tensorboard=None) -> dict:
+def run(corpus, tmp_path, system: SystemSpec, ckpt: str, out: str, teacher=None) -> dict:
     return train(system, train_path=str(corpus["train"]), valid_path=str(corpus["valid"]),
                  valid_ref=str(corpus["valid.tgt"]), src_spm=str(corpus["spm"]), tgt_spm=str(corpus["spm"]),
                  checkpoint_dir=str(tmp_path / ckpt), output=str(tmp_path / out),
-                 summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, tensorboard=tensorboard,
-                 progress_bar=False)
+                 summary=str(tmp_path / f"{out}.json"), teacher_path=teacher, progress_bar=False)
 
 
 def board_scalars(directory) -> dict[str, list[tuple[int, float]]]:
@@ -41,12 +40,11 @@ def test_the_run_can_be_watched_in_tensorboard(tiny_corpus, tmp_path):
     teacher = run(tiny_corpus, tmp_path, spec(max_steps=2), "t", "teacher.safetensors")
     student = dataclasses.replace(spec("student", "a2d", max_steps=3, max_epochs=2),
                                   model=dict(SHAPE, encoder_layers=1, decoder_layers=1))
-    board = tmp_path / "board"
-    run(tiny_corpus, tmp_path, student, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"),
-        tensorboard=str(board))
+    first = run(tiny_corpus, tmp_path, student, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"))
     resumed = dataclasses.replace(student, training=dataclasses.replace(student.training, max_steps=5))
-    summary = run(tiny_corpus, tmp_path, resumed, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"),
-                  tensorboard=str(board))
+    summary = run(tiny_corpus, tmp_path, resumed, "s", "s.safetensors", teacher=str(tmp_path / "teacher.safetensors"))
+    assert summary.run_dir == first.run_dir
+    board = f"{summary.run_dir}/tensorboard"  # one directory per run, beside its checkpoints
     scalars = board_scalars(board)
     assert {"train/total", "train/ls", "train/kd", "train/word", "train/attention", "train/kl_encoder_self",
             "train/kl_decoder_self", "train/kl_decoder_cross", "train/lr", "train/target_tokens_per_s",
@@ -65,7 +63,7 @@ def test_the_run_can_be_watched_in_tensorboard(tiny_corpus, tmp_path):
     import sys
     from pathlib import Path
 
-    inspected = subprocess.run([Path(sys.executable).parent / "tensorboard", "--inspect", "--logdir", str(board)],
+    inspected = subprocess.run([Path(sys.executable).parent / "tensorboard", "--inspect", "--logdir", str(tmp_path / "s")],
                                capture_output=True, text=True)
     assert inspected.returncode == 0 and "train/total" in inspected.stdout and "valid/bleu" in inspected.stdout
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import readme_block, tiny_model
+from conftest import readme_block, sharp, tiny_model
 
 import a2d.translator
 from a2d import Translator
@@ -17,12 +17,7 @@ from a2d.settings import ConfigError
 
 
 def sharp_model(vocab_size: int):
-    """An untrained model with sharp distributions (argmax ties unlikely), as test_export's."""
-    model = tiny_model(seed=3, vocab_size=vocab_size, max_positions=128, pre_norm=True)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3)
-    return model
+    return sharp(tiny_model(seed=3, vocab_size=vocab_size, max_positions=128, pre_norm=True))
 
 
 @pytest.fixture(scope="module")

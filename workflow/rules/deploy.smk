@@ -26,11 +26,13 @@ rule export_hf:
     output:
         directory(f"{RESULTS}/deploy/{{system}}.hf"),
     params:
+        export=EXPORT,
         decoding=DECODING,
         languages=LANGS if REAL_DATA else ["src", "tgt"],
     log:
         f"{LOGS}/export_hf/{{system}}.log",
     shell:
         "python -m a2d export --format hf --model {input.model:q} --src-spm {input.src_spm:q}"
-        " --tgt-spm {input.tgt_spm:q} --decoding {params.decoding:q} --languages {params.languages:q}"
+        " --tgt-spm {input.tgt_spm:q} --export {params.export:q} --decoding {params.decoding:q}"
+        " --languages {params.languages:q}"
         " --output {output:q} 2> {log:q}"

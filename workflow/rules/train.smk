@@ -1,6 +1,6 @@
 rule train:
-    """Teacher or student: one rule, the system's spec decides. The checkpoint and TensorBoard
-    directories are params, not outputs, so that Snakemake never deletes them and a re-run resumes.
+    """Teacher or student: one rule, the system's spec decides. The checkpoint directory is a
+    param, not an output, so that Snakemake never deletes it and a re-run resumes from it.
     Resources (set by the profile): `processes` per node (torchrun starts them when above 1; one
     per GPU), `nodes` (srun starts torchrun on each), `gpu` or `gres` (the GPUs asked of SLURM, which
     training checks CUDA sees)."""
@@ -18,7 +18,6 @@ rule train:
         spec=spec_json,
         teacher=teacher_flag,
         checkpoint_dir=f"{RESULTS}/checkpoints/{{system}}",
-        tensorboard=f"{RESULTS}/tensorboard/{{system}}",
     log:
         f"{LOGS}/train/{{system}}.log",
     benchmark:
@@ -32,8 +31,7 @@ rule train:
     shell:
         "python -m a2d train --spec {params.spec:q} --train {input.train:q} --valid {input.valid:q}"
         " --valid-ref {input.valid_ref:q} --src-spm {input.src_spm:q} --tgt-spm {input.tgt_spm:q} {params.teacher:q}"
-        " --checkpoint-dir {params.checkpoint_dir:q} --tensorboard {params.tensorboard:q}"
-        " --output {output.model:q} --summary {output.summary:q}"
+        " --checkpoint-dir {params.checkpoint_dir:q} --output {output.model:q} --summary {output.summary:q}"
         " --threads {threads} --processes {resources.processes:q} --nodes {resources.nodes:q}"
         " --gpu {resources.gpu:q} --gres={resources.gres:q}"
         " 2> {log:q}"
