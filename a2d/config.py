@@ -189,7 +189,7 @@ class MethodConfig(Section):
 
     @property
     def attention_types(self) -> tuple[str, ...]:
-        return tuple(name for name in ATTENTION_TYPES if self.weights.get(name, 0) > 0)
+        return tuple(self.weights)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -10,15 +10,13 @@ projection tied to the target embedding.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from a2d.config import QUANTIZATIONS, SearchConfig
 from a2d.data import load_sentencepiece
+from a2d.files import atomic_directory
 from a2d.model import BOS_ID, EOS_ID, UNK_ID, MultiHeadAttention, Transformer
 
 
@@ -93,17 +91,9 @@ def write_ctranslate2(model: Transformer, source_pieces: list[str], target_piece
         def _load(self):
             return spec
 
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        FromSpec().convert(str(tmp / "model"), quantization=quantization, force=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp / "model", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return sum(f.stat().st_size for f in out.iterdir())
+    with atomic_directory(output_dir) as tmp:
+        FromSpec().convert(str(tmp), quantization=quantization, force=True)
+    return sum(f.stat().st_size for f in Path(output_dir).iterdir())
 
 
 def export_ctranslate2(model_path: str, src_spm: str, tgt_spm: str, output_dir: str, quantization: str = "int8") -> int:

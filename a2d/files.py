@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """Yield a path (not yet existing) inside a temporary directory beside `path`; if the block
+    succeeds and created it, it replaces `path` whole (model directories: never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield scratch / "new"
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(scratch / "new", path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def umask() -> int:

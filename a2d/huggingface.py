@@ -21,8 +21,6 @@ every source, as a2d's encoder reads it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from a2d.config import SearchConfig
 from a2d.data import load_sentencepiece
+from a2d.files import atomic_directory
 from a2d.model import BOS_ID, EOS_ID, PAD_ID, Transformer
 
 EXCLUDED_LOGIT = -1e9  # the bias of output rows that are no target piece: exp() of it is 0 in fp32
@@ -156,18 +155,9 @@ def write_hf(model: Transformer, src_spm: str, tgt_spm: str, output_dir: str, de
     """Write the transformers directory `output_dir`, model and tokenizer (replaced whole, never
     half-written)."""
     exported = hf_model(model, decoding, languages)
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        exported.save_pretrained(tmp / "model")
-        with tempfile.TemporaryDirectory() as scratch:
-            _tokenizer(Path(scratch), src_spm, tgt_spm).save_pretrained(tmp / "model")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp / "model", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(output_dir) as tmp, tempfile.TemporaryDirectory() as scratch:
+        exported.save_pretrained(tmp)
+        _tokenizer(Path(scratch), src_spm, tgt_spm).save_pretrained(tmp)
 
 
 def export_hf(model_path: str, src_spm: str, tgt_spm: str, output_dir: str, decoding: SearchConfig,
