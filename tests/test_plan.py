@@ -117,12 +117,13 @@ def test_a_users_own_files_need_no_code(tmp_path):
 def test_seeds_train_every_student_once_per_seed_and_the_teacher_once():
 
     config = real_config()
+    config["students"] = {name: config["students"][name] for name in ("student_nokd", "student_word_kd", "student_a2d_corrected")}
     config["seeds"] = [3, 7]
     assert systems(config) == ["teacher", "student_nokd_seed3", "student_nokd_seed7", "student_word_kd_seed3",
-                               "student_word_kd_seed7", "student_a2d_seed3", "student_a2d_seed7"]
-    assert system_spec(config, "student_a2d_seed7").training.seed == 7
+                               "student_word_kd_seed7", "student_a2d_corrected_seed3", "student_a2d_corrected_seed7"]
+    assert system_spec(config, "student_a2d_corrected_seed7").training.seed == 7
     assert system_spec(config, "teacher").training.seed == config["training"]["seed"]
-    assert base_name("student_a2d_seed7") == "student_a2d" and base_name("teacher") == "teacher"
+    assert base_name("student_a2d_corrected_seed7") == "student_a2d_corrected" and base_name("teacher") == "teacher"
     assert baselines(config) == {"student_nokd": "none", "student_word_kd": "word_kd"}
     config["seeds"] = [5]  # one seed: names unchanged, that seed used
     assert systems(config)[1] == "student_nokd" and system_spec(config, "student_nokd").training.seed == 5
