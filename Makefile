@@ -34,13 +34,15 @@ venv: $(STAMP)
 
 # Order matters: torch first (pinned, so pip takes the CPU wheel where one is cached locally and
 # never resolves an unpinned CUDA build), then the pinned requirements, then deepspeed without
-# build isolation so that it builds against this torch.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+# build isolation so that it builds against this torch, then COMET without its stale pins
+# (requirements-comet.txt says why).
+$(STAMP): requirements.txt requirements-comet.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==25.3
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==0.19.8 -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-comet.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(MAKE) --no-print-directory deepspeed-ops
 	touch $(STAMP)

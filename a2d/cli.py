@@ -98,7 +98,8 @@ def cmd_evaluate(args):
     from a2d.evaluate import score_files
     from a2d.files import write_json
 
-    result = {"system": args.system, "test_set": args.test_set, **score_files(args.hyp, args.ref, args.evaluation)}
+    scores = score_files(args.hyp, args.ref, args.evaluation, args.src)
+    result = {"system": args.system, "test_set": args.test_set, **scores}
     write_json(args.output, result)
     print(result["bleu_detail"], file=sys.stderr)
 
@@ -274,9 +275,11 @@ def add_model_commands(sub) -> None:
 
 
 def add_scoring_commands(sub) -> None:
-    s = sub.add_parser("evaluate", help="BLEU, chrF, chrF++ and TER with sacrebleu, saved as JSON with signatures and 95%% intervals")
+    s = sub.add_parser("evaluate", help="BLEU, chrF, chrF++ and TER with sacrebleu (and COMET when configured), "
+                       "saved as JSON with signatures and 95%% intervals")
     for option in ("hyp", "ref", "system", "test-set", "output"):
         s.add_argument(f"--{option}", required=True)
+    s.add_argument("--src", help="the source sentences, which COMET reads")
     add_section(s, "evaluation")
     s.set_defaults(run=cmd_evaluate)
 

@@ -266,6 +266,16 @@ class EvaluationConfig(Section):
                                         exclusiveMinimum=0, exclusiveMaximum=1)
     usable_bleu: float = setting(5.0, "when every student of a test set scores below this BLEU, the table says that "
                                  "their ranking is noise-prone", minimum=0)
+    comet: str = setting("", "a local COMET checkpoint, <model>/checkpoints/model.ckpt beside <model>/hparams.yaml "
+                         "(e.g. Unbabel/wmt22-comet-da): adds COMET to the metrics; empty: no COMET")
+    comet_batch_size: int = setting(16, "sentences per COMET batch", minimum=1)
+
+    def check(self):
+        from a2d.comet import checkpoint_problem
+
+        problem = self.comet and checkpoint_problem(self.comet)
+        if problem:
+            raise ValueError(f"comet: {problem}")
 
 
 @dataclass(frozen=True)

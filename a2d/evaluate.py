@@ -1,6 +1,6 @@
 """Scoring with sacrebleu's Python API: BLEU, chrF, chrF++ and TER with their reproducibility
 signatures and bootstrap confidence intervals, and sacrebleu's paired tests (bootstrap resampling or
-approximate randomisation) between systems on the same test set."""
+approximate randomisation) between systems on the same test set; COMET (a2d.comet) when configured."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from sacrebleu.significance import PairedTest
 from a2d.config import EvaluationConfig
 from a2d.files import InputError, read_lines
 
-METRICS = ("bleu", "chrf", "chrf++", "ter")  # the keys of metrics JSON, CSV columns and table columns
+SACREBLEU_METRICS = ("bleu", "chrf", "chrf++", "ter")
+METRICS = (*SACREBLEU_METRICS, "comet")  # the keys of metrics JSON, CSV columns and table columns
 LOWER_IS_BETTER = frozenset({"ter"})  # an edit rate
 TEST_TYPES = {"paired_bootstrap": "bs", "approximate_randomisation": "ar"}  # sacrebleu's names
 
 
 def metrics(cfg: EvaluationConfig) -> dict:
-    """The sacrebleu metric of each of METRICS, in that order."""
+    """The sacrebleu metric of each of SACREBLEU_METRICS, in that order."""
     return {"bleu": BLEU(tokenize=cfg.tokenize, lowercase=cfg.lowercase), "chrf": CHRF(lowercase=cfg.lowercase),
             "chrf++": CHRF(word_order=2, lowercase=cfg.lowercase), "ter": TER()}
 
@@ -32,10 +33,12 @@ def read_hypotheses(hyp_path: str, references: list[str], ref_path: str) -> list
     return hyps
 
 
-def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = EvaluationConfig()) -> dict:
+def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = EvaluationConfig(),
+                src_path: str | None = None) -> dict:
     """Every metric of a hypothesis file against one reference file, aligned by line: the score, its
     signature, sacrebleu's summary line, and the mean and half-width of its 95% bootstrap interval
-    (`<metric>_ci95`: the score lies in mean ± ci95 in 95% of resamples)."""
+    (`<metric>_ci95`: the score lies in mean ± ci95 in 95% of resamples). COMET, when configured,
+    also reads the sources."""
     refs = read_lines(ref_path)
     hyps = read_hypotheses(hyp_path, refs, ref_path)
     result = {"sentences": len(hyps)}
@@ -46,6 +49,13 @@ def score_files(hyp_path: str, ref_path: str, cfg: EvaluationConfig = Evaluation
         result[f"{name}_signature"] = str(metric.get_signature())
         result[f"{name}_detail"] = str(score)
         result[f"{name}_bootstrap_mean"], result[f"{name}_ci95"] = intervals[name]
+    if cfg.comet:
+        if src_path is None:
+            raise ValueError("COMET needs the source sentences (src_path)")
+        from a2d import comet
+
+        sources = read_hypotheses(src_path, refs, ref_path)
+        result.update(comet.score(cfg.comet, sources, hyps, refs, cfg.comet_batch_size, cfg.bootstrap_samples))
     return result
 
 
@@ -58,7 +68,7 @@ def bootstrap_intervals(hyps: list[str], refs: list[str], cfg: EvaluationConfig)
     _, scores = test()
     columns = [column for column in scores if column != "System"]
     return {name: (round(float(scores[column][0].mean), 2), round(float(scores[column][0].ci), 2))
-            for name, column in zip(METRICS, columns, strict=True)}
+            for name, column in zip(SACREBLEU_METRICS, columns, strict=True)}
 
 
 def paired_test(baseline: tuple[str, list[str]], systems: list[tuple[str, list[str]]], references: list[str],
@@ -69,7 +79,7 @@ def paired_test(baseline: tuple[str, list[str]], systems: list[tuple[str, list[s
     test = PairedTest([baseline, *systems], metrics(cfg), [references], test_type=test_type, n_samples=samples)
     _, scores = test()
     columns = [column for column in scores if column != "System"]  # named by sacrebleu: BLEU, chrF2, chrF2++, TER
-    return {name: {key: scores[column][i].p_value for key, column in zip(METRICS, columns, strict=True)}
+    return {name: {key: scores[column][i].p_value for key, column in zip(SACREBLEU_METRICS, columns, strict=True)}
             for i, name in enumerate(scores["System"]) if i > 0}
 
 

@@ -144,7 +144,7 @@ def footnote(runs: pd.DataFrame, baselines: dict[str, str], evaluation: Evaluati
     for name, blank in (cleaning or {}).get("blank_references", {}).items():
         lines.append(f"WARNING: {blank} references of {name} are blank (data.allow_blank_references): what any "
                      "system outputs there counts against its precision")
-    return lines + [f"sacrebleu {kind}: {sig}" for kind in scored_metrics(runs)
+    return lines + [f"{'unbabel-comet' if kind == 'comet' else 'sacrebleu'} {kind}: {sig}" for kind in scored_metrics(runs)
                     for sig in sorted(set(runs[f"{kind}_signature"]))]
 
 
@@ -163,7 +163,7 @@ def noise_warnings(runs: pd.DataFrame, baselines: dict[str, str], usable_bleu: f
 
 def latex(table: pd.DataFrame, notes: list[str]) -> str:
     """A booktabs tabular (\\usepackage{booktabs}); the notes become comments under it."""
-    escape = lambda s: str(s).replace("&", r"\&").replace("#", r"\#").replace("_", r"\_").replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("%", r"\%")  # noqa: E731
+    escape = lambda s: str(s).replace("&", r"\&").replace("#", r"\#").replace("_", r"\_").replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("%", r"\%")
     columns = ["system", *table.columns]
     lines = [r"\begin{tabular}{l" + "l" * (len(columns) - 1) + "}", r"\toprule",
              " & ".join(escape(c) for c in columns) + r" \\", r"\midrule"]

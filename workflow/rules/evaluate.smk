@@ -23,6 +23,7 @@ rule evaluate:
     input:
         hyp=f"{RESULTS}/translations/{{system}}.{{test_set}}.txt",
         ref=f"{RESULTS}/corpus/{{test_set}}.tgt",
+        src=f"{RESULTS}/corpus/{{test_set}}.src",
     output:
         f"{RESULTS}/metrics/{{system}}.{{test_set}}.json",
     params:
@@ -32,7 +33,7 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{system}}.{{test_set}}.tsv"
     shell:
-        "python -m a2d evaluate --hyp {input.hyp:q} --ref {input.ref:q} --system {wildcards.system:q}"
+        "python -m a2d evaluate --hyp {input.hyp:q} --ref {input.ref:q} --src {input.src:q} --system {wildcards.system:q}"
         " --test-set {wildcards.test_set:q} --evaluation {params.evaluation:q} --output {output:q} 2> {log:q}"
 
 
