@@ -64,9 +64,21 @@ def test_pipeline_end_to_end(tmp_path):
         assert (results / "deploy" / f"{system}.ct2" / "model.bin").stat().st_size > 0
         assert (tmp_path / "logs" / "tiny" / "train" / f"{system}.log").stat().st_size > 0
         assert (results / "benchmarks" / "train" / f"{system}.tsv").exists()
+        events = list((results / "checkpoints" / system).glob("*/tensorboard/events.out.tfevents.*"))
+        assert events and all(event.stat().st_size > 0 for event in events)  # what `tensorboard --logdir` reads
 
     # A finished run has nothing left to do.
     assert "Nothing to be done" in snakemake(tmp_path, config, "--dry-run")
+
+    # The Hugging Face export, asked for by name (export.huggingface is off here), loads and translates.
+    snakemake(tmp_path, config, "results/tiny/deploy/student_nokd.hf")
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    exported = results / "deploy" / "student_nokd.hf"
+    tokenizer, model = AutoTokenizer.from_pretrained(exported), AutoModelForSeq2SeqLM.from_pretrained(exported)
+    assert model.generation_config.num_beams == yaml.safe_load(config.read_text())["decoding"]["beam_size"]
+    batch = tokenizer((results / "corpus" / "test.src").read_text().splitlines()[:2], return_tensors="pt", padding=True)
+    assert len(tokenizer.batch_decode(model.generate(**batch, max_new_tokens=8), skip_special_tokens=True)) == 2
 
     # Changing one student's setting re-runs that student, its evaluation, figures and the table only.
     edited = yaml.safe_load(config.read_text())
