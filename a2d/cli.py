@@ -145,7 +145,8 @@ def cmd_tables(args):
     write_tables(args.metrics, args.summaries, args.out_dir, significance_paths=args.significance,
                  figure_paths=args.figures, baselines=args.baselines, evaluation=args.evaluation,
                  config_json=args.config, cleaning_path=args.cleaning_report, cleaning=args.cleaning,
-                 speed_paths=args.speeds, model_paths=args.models, export_paths=args.exports)
+                 speed_paths=args.speeds, model_paths=args.models, export_paths=args.exports,
+                 benchmark_paths=args.benchmarks)
 
 
 def add_section(s: argparse.ArgumentParser, name: str) -> None:
@@ -317,7 +318,7 @@ def add_report_commands(sub) -> None:
         s.add_argument("--output", required=True, help=".png")
         s.set_defaults(run=run)
 
-    s = sub.add_parser("tables", help="results.md/.csv/.tex and provenance.json from metrics and significance tests")
+    s = sub.add_parser("tables", help="results.md/.csv/.tex, training.md/.csv and provenance.json from metrics, significance tests and training summaries")
     s.add_argument("--metrics", nargs="+", required=True, help="JSON files written by `evaluate`")
     s.add_argument("--summaries", nargs="+", required=True, help="JSON files written by `train`")
     s.add_argument("--significance", nargs="*", default=[], help="JSON files written by `significance`")
@@ -333,6 +334,8 @@ def add_report_commands(sub) -> None:
     s.add_argument("--models", nargs="*", default=[], help="model weights, named <system>/model.safetensors")
     s.add_argument("--exports", nargs="*", default=[], help="CTranslate2 directories written by `export`, "
                    "named <system>.ct2")
+    s.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmarks of the train jobs, "
+                   "named <system>.tsv (the training table's wall time and peak RSS)")
     s.set_defaults(run=cmd_tables)
 
 

@@ -1,8 +1,9 @@
 """Result tables in the paper's layout: one row per system (mean and standard deviation over seeds),
 BLEU, chrF, chrF++ and TER per test set, marks for students significantly better than the no-KD and
 Word-KD baselines; as markdown, CSV (one row per run, with each score's 95% bootstrap interval and
-the p-values) and LaTeX, the sacrebleu signatures under each. Provenance (resolved config, package
-versions, git commit) is written beside them."""
+the p-values) and LaTeX, the sacrebleu signatures under each. Beside them: a training table (per run,
+validation BLEU after each epoch, speed, wall time, peak memory) and the provenance (resolved config,
+package versions, git commit)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,43 @@ def runs_frame(metric_paths: list[str], summary_paths: list[str], significance_p
     # (re-run `evaluate` to have it), rather than shown half empty.
     unscored = [m + column for m in METRICS if frame[m].isna().any() for column in SCORE_COLUMNS]
     return frame.drop(columns=unscored)
+
+
+def training_frame(summary_paths: list[str], benchmark_paths: list[str] = ()) -> pd.DataFrame:
+    """One row per trained run: its validation BLEU after each epoch and what its training cost.
+    Wall time and peak RSS are Snakemake's benchmark of the `train` job (<run>.tsv, megabytes): of
+    its last invocation, so a run resumed from a checkpoint counts the time since the resume."""
+    costs = {Path(p).stem: pd.read_csv(p, sep="\t").iloc[-1] for p in benchmark_paths}
+    rows = []
+    for summary in map(TrainingSummary.read, summary_paths):
+        speeds = [record.target_tokens_per_s for record in summary.history]
+        cost = costs.get(summary.system, {})
+        rows.append({"system": base_name(summary.system), "run": summary.system, "method": summary.method,
+                     "epochs": len(summary.history), "best_epoch": summary.best_epoch,
+                     "best_valid_bleu": summary.best_valid_bleu,
+                     "valid_bleu_per_epoch": ", ".join(f"{r.valid_bleu:.2f}" for r in summary.history),
+                     "last_train_nll": summary.history[-1].train_nll if summary.history else None,
+                     "target_tokens_per_s_min": min(speeds, default=None),
+                     "target_tokens_per_s_max": max(speeds, default=None),
+                     "wall_seconds": cost.get("s"), "peak_rss_gb": cost["max_rss"] / 1024 if "max_rss" in cost else None})
+    return pd.DataFrame(rows)
+
+
+def write_training_table(runs: pd.DataFrame, out: Path) -> None:
+    """training.csv (as the frame holds it) and training.md (wall time as minutes and seconds)."""
+    with atomic_path(out / "training.csv") as tmp:
+        runs.to_csv(tmp, index=False)
+    speeds = runs[["target_tokens_per_s_min", "target_tokens_per_s_max"]]
+    shown = runs.assign(target_tokens_per_s=["" if pd.isna(low) else f"{low:,.0f} to {high:,.0f}"
+                                             for low, high in speeds.itertuples(index=False)],
+                        wall_time=runs["wall_seconds"].map(lambda s: "" if pd.isna(s) else f"{int(s // 60)} min {int(s % 60)} s"))
+    shown = shown.drop(columns=["system", "wall_seconds", *speeds]).rename(columns=lambda c: c.replace("_", " "))
+    notes = ["valid BLEU per epoch: greedy, on the validation set, after each epoch (models/<run>/train.json)",
+             "wall time and peak RSS: Snakemake's benchmark of the train job (benchmarks/train/<run>.tsv); "
+             "a run resumed from a checkpoint counts the time since its resume"]
+    text = shown.to_markdown(index=False, floatfmt=".2f") + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    with atomic_path(out / "training.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def scored_metrics(runs: pd.DataFrame) -> list[str]:
@@ -196,8 +234,8 @@ def provenance(config_json: str) -> dict:
 def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str, *, significance_paths=(),
                  figure_paths=(), baselines: dict[str, str] | None = None, evaluation: EvaluationConfig = EvaluationConfig(),
                  config_json: str = "{}", cleaning_path: str | None = None, cleaning: Cleaning = Cleaning(),
-                 speed_paths=(), model_paths=(), export_paths=()) -> pd.DataFrame:
-    """results.md / results.csv / results.tex and provenance.json in `out_dir`."""
+                 speed_paths=(), model_paths=(), export_paths=(), benchmark_paths=()) -> pd.DataFrame:
+    """results.md / results.csv / results.tex, training.md / training.csv and provenance.json in `out_dir`."""
     level = evaluation.significance_level
     out = Path(out_dir)
     runs = runs_frame(metric_paths, summary_paths, significance_paths, figure_paths, speed_paths, model_paths,
@@ -221,5 +259,6 @@ def write_tables(metric_paths: list[str], summary_paths: list[str], out_dir: str
     text = shown.to_markdown() + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
+    write_training_table(training_frame(summary_paths, benchmark_paths), out)
     write_json(out / "provenance.json", provenance(config_json))
     return table

@@ -56,6 +56,14 @@ def test_pipeline_end_to_end(tmp_path):
     assert not (results / "figures" / "student_nokd.aam.png").exists()
     header = [cell.strip() for cell in markdown.splitlines()[0].split("|")]
     assert {"MB", "CT2 MB", "sent/s"} <= set(header)
+    training = pd.read_csv(results / "tables" / "training.csv", dtype={"valid_bleu_per_epoch": str}).set_index("run")
+    for system, row in training.iterrows():  # the training table is each run's own summary and benchmark
+        history = json.loads((results / "models" / system / "train.json").read_text())["history"]
+        assert row["valid_bleu_per_epoch"] == ", ".join(f"{h['valid_bleu']:.2f}" for h in history)
+        benchmark = pd.read_csv(results / "benchmarks" / "train" / f"{system}.tsv", sep="\t").iloc[-1]
+        assert row["wall_seconds"] == benchmark["s"] and row["peak_rss_gb"] > 0.1
+    assert list(training.index) == list(table["system"])
+    assert "| student_a2d " in (results / "tables" / "training.md").read_text()
     assert (table["sentences"] == 20).all() and (table["decoding_seconds"] > 0).all()
     assert (table["export_mb"] < table["model_mb"]).all()  # int8 against fp32
     for system in table["system"]:

@@ -6,7 +6,7 @@ import pandas as pd
 from conftest import training_summary
 
 from a2d.files import read_json, write_json
-from a2d.tables import write_tables
+from a2d.tables import training_frame, write_tables, write_training_table
 
 SIG = {"bleu_signature": "nrefs:1|tok:13a", "chrf_signature": "nrefs:1|nc:6"}
 
@@ -144,3 +144,24 @@ def test_a_table_of_unusable_scores_says_its_ranking_is_noise_prone(tmp_path):
                  evaluation=EvaluationConfig(usable_bleu=0.2, significance_test="approximate_randomisation"))
     notes = (tmp_path / "t2" / "results.md").read_text()
     assert "noise-prone" not in notes and "paired approximate randomisation, 10000 trials" in notes
+
+
+def test_the_training_table_holds_each_runs_validation_curve_speed_and_benchmark(tmp_path):
+    summaries = []
+    for run, epochs in (("teacher", 2), ("student_nokd_seed1", 3)):
+        summaries.append(str(tmp_path / f"{run}.train.json"))
+        training_summary(run, "none", 100, epochs=epochs).write(summaries[-1])
+    (tmp_path / "teacher.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\n"
+                                          "1.0\t0:00:01\t10.0\t20.0\n"  # an earlier line: not the job's last
+                                          "125.9\t0:02:05\t1536.0\t2048.0\n")
+    frame = training_frame(summaries, [str(tmp_path / "teacher.tsv")])
+    write_training_table(frame, tmp_path)
+    rows = pd.read_csv(tmp_path / "training.csv").set_index("run")
+    assert rows.loc["teacher", "valid_bleu_per_epoch"] == "10.00, 20.00"  # conftest: 10 BLEU per epoch
+    assert rows.loc["student_nokd_seed1", "valid_bleu_per_epoch"] == "10.00, 20.00, 30.00"
+    assert rows.loc["student_nokd_seed1", "system"] == "student_nokd" and rows.loc["teacher", "best_epoch"] == 2
+    assert rows.loc["teacher", "wall_seconds"] == 125.9 and rows.loc["teacher", "peak_rss_gb"] == 1.5
+    assert pd.isna(rows.loc["student_nokd_seed1", "wall_seconds"])  # no benchmark: left empty, not zero
+    assert rows.loc["student_nokd_seed1", "last_train_nll"] == 1.0  # conftest: 3 / epoch
+    markdown = (tmp_path / "training.md").read_text()
+    assert "| teacher " in markdown and "2 min 5 s" in markdown and "100 to 100" in markdown

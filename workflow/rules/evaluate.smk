@@ -94,11 +94,14 @@ rule tables:
         speeds=expand(f"{RESULTS}/translations/{{system}}.{{test_set}}.speed.json", system=SYSTEMS, test_set=TEST_SETS),
         models=expand(f"{RESULTS}/models/{{system}}/model.safetensors", system=SYSTEMS),
         exports=expand(f"{RESULTS}/deploy/{{system}}.ct2", system=SYSTEMS),
+        benchmarks=expand(f"{RESULTS}/benchmarks/train/{{system}}.tsv", system=SYSTEMS),
     output:
         markdown=f"{RESULTS}/tables/results.md",
         csv=report(f"{RESULTS}/tables/results.csv", caption="../report/results.rst", category="Results"),
         latex=f"{RESULTS}/tables/results.tex",
         provenance=f"{RESULTS}/tables/provenance.json",
+        training=f"{RESULTS}/tables/training.md",
+        training_csv=f"{RESULTS}/tables/training.csv",
     params:
         out_dir=output_dir,
         baselines=json.dumps(BASELINES),
@@ -114,6 +117,6 @@ rule tables:
         "python -m a2d tables --metrics {input.metrics:q} --summaries {input.summaries:q}"
         " --significance {input.significance:q} --baselines {params.baselines:q} --evaluation {params.evaluation:q}"
         " --config {params.config:q} --figures {input.figures:q}"
-        " --speeds {input.speeds:q} --models {input.models:q} --exports {input.exports:q}"
+        " --speeds {input.speeds:q} --models {input.models:q} --exports {input.exports:q} --benchmarks {input.benchmarks:q}"
         " {params.cleaning_report:q} --cleaning {params.cleaning:q}"
         " --out-dir {params.out_dir:q} 2> {log:q}"
