@@ -138,8 +138,10 @@ def training(args, shape: dict, method: dict, peak_gflops: float) -> dict:
         if step >= 5:
             seconds, tokens = seconds + time.perf_counter() - started, tokens + batch.target_tokens
     tokens_per_s = tokens / seconds
+    mfu = hardware.training_gflops(count_parameters(student), tokens_per_s) / peak_gflops
+    # Significant digits, not decimals: a tiny model on a loaded CPU has an MFU below 0.0005.
     return {"parameters": count_parameters(student), "target_tokens_per_s": round(tokens_per_s),
-            "mfu": round(hardware.training_gflops(count_parameters(student), tokens_per_s) / peak_gflops, 3),
+            "mfu": float(f"{mfu:.3g}"),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if device == "cuda" else None}
 
 
@@ -184,9 +186,9 @@ def machine(args) -> dict:
     figures = {"torch": torch.__version__, "device": args.device}
     if args.device == "cuda":
         figures.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
-    figures["matmul_gflops"] = round(hardware.matmul_peak(
-        torch.get_num_threads(), size=256 if args.quick else 8192,
-        dtype=torch.bfloat16 if args.device == "cuda" else torch.float32, device=args.device))
+    peak = hardware.matmul_peak(torch.get_num_threads(), size=256 if args.quick else 8192,
+                                dtype=torch.bfloat16 if args.device == "cuda" else torch.float32, device=args.device)
+    figures["matmul_gflops"] = float(f"{peak:.3g}")
     return figures
 
 
