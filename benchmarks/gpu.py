@@ -113,6 +113,11 @@ def random_batch(args, device: str, seed: int) -> Batch:
     return Batch(src=src, prev=prev, target=target, mask=target != PAD_ID).to(device)
 
 
+def significant(figure: float) -> float:
+    """3 significant digits, not decimals: a tiny model on a loaded CPU has an MFU below 0.0005."""
+    return float(f"{figure:.3g}")
+
+
 def training(args, shape: dict, method: dict, peak_gflops: float) -> dict:
     """Target tokens/s of plain bf16 (CUDA) or fp32 (CPU) steps: the module, AdamW, no engine."""
     device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -137,11 +142,9 @@ def training(args, shape: dict, method: dict, peak_gflops: float) -> dict:
         synchronize(device)
         if step >= 5:
             seconds, tokens = seconds + time.perf_counter() - started, tokens + batch.target_tokens
-    tokens_per_s = tokens / seconds
-    mfu = hardware.training_gflops(count_parameters(student), tokens_per_s) / peak_gflops
-    # Significant digits, not decimals: a tiny model on a loaded CPU has an MFU below 0.0005.
-    return {"parameters": count_parameters(student), "target_tokens_per_s": round(tokens_per_s),
-            "mfu": float(f"{mfu:.3g}"),
+    tokens_per_s, parameters = tokens / seconds, count_parameters(student)
+    return {"parameters": parameters, "target_tokens_per_s": round(tokens_per_s),
+            "mfu": significant(hardware.training_gflops(parameters, tokens_per_s) / peak_gflops),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if device == "cuda" else None}
 
 
@@ -188,7 +191,7 @@ def machine(args) -> dict:
         figures.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     peak = hardware.matmul_peak(torch.get_num_threads(), size=256 if args.quick else 8192,
                                 dtype=torch.bfloat16 if args.device == "cuda" else torch.float32, device=args.device)
-    figures["matmul_gflops"] = float(f"{peak:.3g}")
+    figures["matmul_gflops"] = significant(peak)
     return figures
 
 
